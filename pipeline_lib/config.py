@@ -1,0 +1,222 @@
+"""Strict loading of ``params.yaml`` sections into frozen dataclasses.
+
+Every stage reads its own section (plus shared ones) through :func:`load`. An unknown key, a
+missing key or a value of the wrong type is an error naming the key, so a typo such as
+``dvc exp run -S kd.alpah=0.9`` fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Task = Literal["binary", "dx"]
+LossName = Literal["bce", "focal", "ce"]
+
+
+class ParamsError(ValueError):
+    """A params.yaml section does not match its schema."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the raw HAM10000 lives (either supported layout)."""
+
+    root: str
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """Decoding of every JPEG once into a square uint8 cache."""
+
+    image_size: int
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Lesion-grouped, melanoma-stratified train/val/test split."""
+
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+
+@dataclass(frozen=True)
+class BaselinesParams:
+    """Classical baselines on metadata and handcrafted image features."""
+
+    seed: int
+    feature_size: int
+
+
+@dataclass(frozen=True)
+class MetricsParams:
+    """Shared metric settings: ECE bins and the target sensitivity of the operating point."""
+
+    ece_bins: int
+    target_sensitivity: float
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Batched tensor augmentation applied on the training set."""
+
+    crop_scale_min: float
+    max_rotation_deg: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue_shift: float
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One model's training run; shared by ``train_teacher`` and ``distill``."""
+
+    arch: str
+    task: Task
+    global_pool: str
+    pretrained: bool | str
+    drop_rate: float
+    image_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    grad_clip: float
+    patience: int
+    loss: LossName
+    pos_weight: float
+    focal_gamma: float
+    oversample_melanoma: float
+    bf16: bool
+    seed: int
+    max_train_images: int
+
+
+@dataclass(frozen=True)
+class CalibrateParams:
+    """Temperature scaling fitted on val logits."""
+
+    max_iter: int
+
+
+@dataclass(frozen=True)
+class KDParams:
+    """Distillation: ``alpha`` weighs the teacher's soft term, ``1 - alpha`` the hard labels.
+
+    ``temperature`` is the KD softening temperature, not the calibration temperature.
+    """
+
+    temperature: float
+    alpha: float
+    use_calibrated_teacher: bool
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1]
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def from_dict(cls: type, values: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown, missing or mistyped keys.
+
+    Args:
+        cls: a frozen dataclass type.
+        values: the mapping read from YAML.
+        where: the section name used in error messages (e.g. ``"kd"``).
+    """
+    if not isinstance(values, dict):
+        raise ParamsError(f"params section '{where}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ParamsError(
+            f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)} in params; "
+            f"'{where}' accepts: {', '.join(names)}"
+        )
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ParamsError(f"missing key(s) {', '.join(f'{where}.{k}' for k in missing)} in params")
+    kwargs = {}
+    for name in names:
+        value, annotation = values[name], hints[name]
+        if dataclasses.is_dataclass(annotation):
+            value = from_dict(annotation, value, f"{where}.{name}")
+        elif not _type_ok(value, annotation):
+            raise ParamsError(
+                f"params key {where}.{name} = {value!r} has the wrong type; expected {annotation}"
+            )
+        elif annotation is float:
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "prepare": PrepareParams,
+    "split": SplitParams,
+    "baselines": BaselinesParams,
+    "metrics": MetricsParams,
+    "augment": AugmentParams,
+    "train_teacher": TrainParams,
+    "calibrate": CalibrateParams,
+    "kd": KDParams,
+    "distill": TrainParams,
+}
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    """Read the whole params file and check that every top-level section is known."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file {path} not found")
+    tree = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(tree) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(
+            f"unknown section(s) {', '.join(unknown)} in {path}; known: {', '.join(SECTIONS)}"
+        )
+    return tree
+
+
+def load(section: str, path: str | Path = "params.yaml") -> Any:
+    """Load one section of ``params.yaml`` into its dataclass.
+
+    Args:
+        section: a key of :data:`SECTIONS`.
+        path: the params file.
+
+    Raises:
+        ParamsError: naming the offending section or key.
+    """
+    if section not in SECTIONS:
+        raise ParamsError(f"no schema for params section '{section}'")
+    tree = read_params(path)
+    if section not in tree:
+        raise ParamsError(f"params section '{section}' missing from {path}")
+    # Every section is checked, so a typo anywhere stops whichever stage runs first.
+    parsed = {name: from_dict(SECTIONS[name], values, name) for name, values in tree.items()}
+    return parsed[section]

@@ -1,0 +1,200 @@
+"""Model factory and self-describing checkpoints.
+
+Model names go straight to :func:`timm.create_model`; the tiny DSNet-like student is registered
+with timm too, so one factory builds every teacher and student. Every model takes a float image
+batch in ``[0, 1]`` (N, 3, H, W) and normalises it itself, so exported programs (ONNX,
+ExecuTorch) need no separate preprocessing beyond resizing and dividing by 255.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_model
+from torch import nn
+
+from pipeline_lib import artifacts
+from pipeline_lib.data import DX_CODES, MELANOMA
+
+NUM_OUTPUTS = {"binary": 1, "dx": len(DX_CODES)}
+MELANOMA_INDEX = DX_CODES.index(MELANOMA)
+CHECKPOINT_KEYS = ("arch", "task", "global_pool", "drop_rate", "image_size", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is unreadable or belongs to another architecture."""
+
+
+class TinyCNN(nn.Module):
+    """A DSNet-like student of about 0.26M parameters: three conv blocks with max pooling.
+
+    The first convolution has stride 2: without early downsampling a model this small costs
+    more compute than ResNet-18 at 128 px (measured, shared/FACTS.md).
+    """
+
+    def __init__(
+        self, num_classes: int = 1, drop_rate: float = 0.25, global_pool: str = "avg", **_: Any
+    ):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(block(3, 32, 2), block(32, 64, 1), block(64, 128, 1))
+        pools = {"avg": nn.AdaptiveAvgPool2d(1), "max": nn.AdaptiveMaxPool2d(1)}
+        if global_pool not in pools:
+            raise ValueError(
+                f"dsnet_tiny global_pool must be one of {list(pools)}, not {global_pool!r}"
+            )
+        self.pool = pools[global_pool]
+        self.num_features = 128
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
+@register_model
+def dsnet_tiny(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
+    """timm entry point for :class:`TinyCNN` (no hub weights exist)."""
+    if pretrained:
+        raise ValueError("dsnet_tiny has no hub weights; train it from scratch")
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    return TinyCNN(**kwargs)
+
+
+class Classifier(nn.Module):
+    """A backbone with its input normalisation built in; outputs raw logits."""
+
+    def __init__(self, backbone: nn.Module, task: str):
+        super().__init__()
+        self.backbone = backbone
+        self.task = task
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.backbone((x - self.mean) / self.std)
+        return logits[:, 0] if self.task == "binary" else logits
+
+
+def create(
+    arch: str,
+    task: str = "binary",
+    global_pool: str = "avg",
+    drop_rate: float = 0.0,
+    pretrained: bool | str = False,
+) -> Classifier:
+    """Build a classifier for ``task`` (``binary``: one logit; ``dx``: 7 logits).
+
+    Args:
+        arch: any :func:`timm.create_model` name, or ``dsnet_tiny``.
+        pretrained: ``False`` (from scratch), ``True`` (timm hub weights; needs network or
+            the HF cache) or a path to a local weights file (a state_dict, a timm/torchvision
+            file or a checkpoint of this project) for the same architecture.
+    """
+    if task not in NUM_OUTPUTS:
+        raise ValueError(f"task must be one of {list(NUM_OUTPUTS)}, not {task!r}")
+    kwargs = {"num_classes": NUM_OUTPUTS[task], "global_pool": global_pool, "drop_rate": drop_rate}
+    try:
+        backbone = timm.create_model(arch, pretrained=pretrained is True, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown architecture {arch!r}: not a timm model name") from err
+        raise
+    model = Classifier(backbone, task)
+    if isinstance(pretrained, str) and pretrained:
+        load_backbone_weights(model, pretrained, arch)
+    return model
+
+
+def load_backbone_weights(model: Classifier, path: str | os.PathLike, arch: str) -> None:
+    """Load a local weights file into ``model``'s backbone, skipping only a mismatched head."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights file {path} not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        raise CheckpointError(f"cannot read weights file {path}: {err}") from err
+    if isinstance(blob, dict) and "arch" in blob and blob["arch"] != arch:
+        raise CheckpointError(
+            f"weights file {path} is for architecture {blob['arch']!r}, not {arch!r}"
+        )
+    state = blob.get("state_dict", blob.get("model", blob)) if isinstance(blob, dict) else blob
+    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    own = model.backbone.state_dict()
+    # The classifier may legitimately differ (hub weights have 1000 classes); nothing else may.
+    head = getattr(model.backbone, "pretrained_cfg", {}).get("classifier") or "head"
+    head_keys = {k for k in own if k.startswith(f"{head}.")}
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in fitting and k not in head_keys]
+    if missing or len(fitting) < 0.5 * len(own):
+        raise CheckpointError(
+            f"weights file {path} does not fit architecture {arch!r}: {len(missing)} of its "
+            f"tensors are missing or have another shape (first: {missing[:3]})"
+        )
+    model.backbone.load_state_dict(fitting, strict=False)
+
+
+def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict[str, Any]) -> None:
+    """Write ``model`` with everything needed to rebuild it (atomically)."""
+    blob = dict(meta)
+    blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    missing = [k for k in CHECKPOINT_KEYS if k not in blob]
+    if missing:
+        raise ValueError(f"checkpoint metadata lacks {missing}")
+    with artifacts.atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint` (in eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(blob, dict) or any(k not in blob for k in CHECKPOINT_KEYS):
+        raise CheckpointError(
+            f"{path} is not a melanoma-kd checkpoint (expected keys {list(CHECKPOINT_KEYS)})"
+        )
+    model = create(blob["arch"], blob["task"], blob["global_pool"], blob["drop_rate"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not match architecture {blob['arch']!r}: {err}"
+        ) from err
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model.eval(), meta
+
+
+def melanoma_probability(logits, task: str, temperature: float = 1.0) -> np.ndarray:
+    """Melanoma probability from logits: sigmoid for ``binary``, softmax p(mel) for ``dx``."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
+    if task == "binary":
+        return torch.sigmoid(z).numpy()
+    return torch.softmax(z, dim=-1)[:, MELANOMA_INDEX].numpy()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
