@@ -174,6 +174,38 @@ def from_dict(cls: type, values: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class QuantizeParams:
+    """Post-training int8 quantization of the student, with a QAT fallback."""
+
+    calibration_images: int  # train images used to calibrate activation ranges
+    seed: int
+    max_auc_drop: float  # int8 val ROC-AUC drop that triggers QAT
+    max_ece_change: float  # int8 val ECE change that triggers QAT
+    qat_epochs: int
+    qat_lr: float
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    """CPU latency, throughput and memory measurements."""
+
+    warmup: int
+    runs: int
+    threads: list[int]
+    throughput_batch: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Holdout report: bootstrap CIs, subgroups and shift robustness."""
+
+    bootstrap: int
+    seed: int
+    min_subgroup: int  # subgroups smaller than this are flagged
+    gallery_size: int
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "prepare": PrepareParams,
@@ -185,6 +217,9 @@ SECTIONS: dict[str, type] = {
     "calibrate": CalibrateParams,
     "kd": KDParams,
     "distill": TrainParams,
+    "quantize": QuantizeParams,
+    "benchmark": BenchmarkParams,
+    "evaluate": EvaluateParams,
 }
 
 
