@@ -1,0 +1,257 @@
+"""One training loop for teacher and student; objectives decide the loss and return its parts.
+
+timm's ``LogitDistillationTask`` is softmax-only; the binary task here needs a Bernoulli KL on a
+single logit, and the teacher must see the very batch the student sees after augmentation
+(consistent teaching), so the two small objectives below replace it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+from tqdm import tqdm
+
+from pipeline_lib import augment, losses, metrics
+from pipeline_lib.config import AugmentParams, TrainParams
+from pipeline_lib.inference import predict_logits
+from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Targets of one batch: binary melanoma label and 7-way dx index."""
+
+    label: torch.Tensor
+    dx: torch.Tensor
+
+
+def task_target(task: str, batch: Batch) -> torch.Tensor:
+    """The hard target of ``task``: the melanoma label or the dx index."""
+    return batch.label if task == "binary" else batch.dx
+
+
+def binary_logit(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Melanoma logit ``log p/(1-p)`` from either task's output."""
+    if task == "binary":
+        return logits
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    mel = log_p[:, MELANOMA_INDEX]
+    rest = torch.logsumexp(
+        torch.cat([log_p[:, :MELANOMA_INDEX], log_p[:, MELANOMA_INDEX + 1 :]], 1), 1
+    )
+    return mel - rest
+
+
+class Supervised:
+    """Hard-label objective: ``{"loss": hard, "hard": hard, "soft": 0}``."""
+
+    def __init__(self, task: str, loss: str, pos_weight: float = 1.0, focal_gamma: float = 2.0):
+        if losses.LOSS_TASK[loss] != task:
+            raise ValueError(
+                f"loss {loss!r} is for the {losses.LOSS_TASK[loss]} task, not {task!r}"
+            )
+        self.task = task
+        self.loss_fn = losses.LOSSES[loss]
+        self.kwargs = {"pos_weight": pos_weight, "gamma": focal_gamma}
+
+    def hard(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.loss_fn(logits.float(), task_target(self.task, batch), **self.kwargs)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        hard = self.hard(model(x), batch)
+        return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
+
+
+class Distillation(Supervised):
+    """``(1 - alpha) * hard + alpha * soft`` with a frozen teacher on the same augmented batch.
+
+    Args:
+        teacher: frozen here (eval mode, no gradients).
+        teacher_task: ``binary`` or ``dx``. A dx teacher can teach a binary student through its
+            melanoma logit; a binary teacher cannot teach a dx student.
+        teacher_temperature: calibration temperature dividing the teacher's logits (1 = raw).
+        temperature: KD softening temperature.
+        alpha: weight of the soft (teacher) term.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_task: str,
+        task: str,
+        loss: str,
+        temperature: float,
+        alpha: float,
+        teacher_temperature: float = 1.0,
+        pos_weight: float = 1.0,
+        focal_gamma: float = 2.0,
+    ):
+        super().__init__(task, loss, pos_weight, focal_gamma)
+        if task == "dx" and teacher_task != "dx":
+            raise ValueError("a binary teacher cannot distil into a dx student")
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+            raise ValueError(
+                f"kd.alpha must be in [0, 1] and kd.temperature > 0, got {alpha}, {temperature}"
+            )
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_task = teacher_task
+        self.temperature, self.alpha, self.teacher_temperature = (
+            temperature,
+            alpha,
+            teacher_temperature,
+        )
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        student = model(x)
+        hard = self.hard(student, batch)
+        if self.alpha == 0:
+            return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
+        with torch.no_grad():
+            teacher = self.teacher(x).float() / self.teacher_temperature
+        if self.task == "dx":
+            soft = losses.softmax_kd(student, teacher, self.temperature)
+        else:
+            soft = losses.bernoulli_kd(
+                student, binary_logit(teacher, self.teacher_task), self.temperature
+            )
+        loss = (1 - self.alpha) * hard + self.alpha * soft
+        return {"loss": loss, "hard": hard.detach(), "soft": soft.detach()}
+
+
+Objective = Callable[[nn.Module, torch.Tensor, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass
+class FitResult:
+    """The best model (loaded), where it was found and what the loop saw."""
+
+    model: nn.Module
+    best_epoch: int
+    best_metrics: dict[str, float]
+    val_logits: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(labels: np.ndarray, oversample: float, g: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or weighted draws with melanoma ``oversample``:1."""
+    n = len(labels)
+    if oversample == 1.0:
+        return torch.randperm(n, generator=g)
+    weights = torch.where(torch.as_tensor(labels) == 1, oversample, 1.0).double()
+    return torch.multinomial(weights, n, replacement=True, generator=g)
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train_images: np.ndarray,
+    train_targets: Batch,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    params: TrainParams,
+    aug: AugmentParams,
+    ece_bins: int = 15,
+    log: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` with AdamW, warm-up + cosine, clipping and early stopping on val ROC-AUC.
+
+    Args:
+        train_images: uint8 ``(N, 3, H, W)``; augmented per batch to ``params.image_size``.
+        val_labels: melanoma labels of ``val_images``; the best epoch is chosen on them.
+        log: called once per epoch with that epoch's figures (e.g. dvclive).
+    """
+    g = torch.Generator().manual_seed(params.seed)
+    images = torch.from_numpy(np.ascontiguousarray(train_images))
+    labels = train_targets.label.numpy()
+    steps_per_epoch = math.ceil(len(images) / params.batch_size)
+    total = steps_per_epoch * params.epochs
+    warmup = round(params.warmup_epochs * steps_per_epoch)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, "adamw", lr=params.lr, weight_decay=params.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total, warmup)
+    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16)
+    best: FitResult | None = None
+    history: list[dict[str, float]] = []
+    start, seen, train_time = time.perf_counter(), 0, 0.0
+    for epoch in range(params.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = epoch_order(labels, params.oversample_melanoma, g)
+        sums = {"loss": 0.0, "hard": 0.0, "soft": 0.0}
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{params.epochs}", disable=not progress
+        )
+        for step in bar:
+            idx = order[step * params.batch_size : (step + 1) * params.batch_size]
+            x = augment.augment(images[idx], params.image_size, aug, g)
+            batch = Batch(train_targets.label[idx], train_targets.dx[idx])
+            with autocast:
+                parts = objective(model, x, batch)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            if params.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            for k in sums:
+                sums[k] += float(parts[k].detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+        epoch_train = time.perf_counter() - t0
+        train_time += epoch_train
+        # Scored in float32, as every later stage and runtime will score it.
+        val_logits = predict_logits(model, val_images, params.image_size)
+        task = "binary" if val_logits.ndim == 1 else "dx"
+        probs = melanoma_probability(val_logits, task)
+        row = {f"train_{k}": v / len(order) for k, v in sums.items()}
+        row |= metrics.summary(val_labels, probs, ece_bins, prefix="val_")
+        row |= {
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - t0,
+            "epoch": epoch + 1,
+        }
+        history.append(row)
+        if log is not None:
+            log(row)
+        if progress:
+            print(
+                f"epoch {epoch + 1}: loss {row['train_loss']:.4f} val ROC-AUC {row['val_roc_auc']:.4f} ECE {row['val_ece']:.4f} ({row['epoch_seconds']:.0f}s)"
+            )
+        score = row["val_roc_auc"] if math.isfinite(row["val_roc_auc"]) else -1.0
+        if best is None or score > best.best_metrics["val_roc_auc"]:
+            best = FitResult(
+                copy.deepcopy(model).eval(),
+                epoch + 1,
+                dict(row) | {"val_roc_auc": score},
+                val_logits,
+            )
+        elif epoch + 1 - best.best_epoch >= params.patience:
+            if progress:
+                print(f"early stop: no val ROC-AUC gain for {params.patience} epochs")
+            break
+    assert best is not None, "epochs must be >= 1"
+    best.history = history
+    best.seconds = time.perf_counter() - start
+    best.images_per_second = seen / train_time if train_time else 0.0
+    return best

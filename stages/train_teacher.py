@@ -1,0 +1,40 @@
+"""train_teacher: train a timm teacher from scratch (or local weights) on the train split."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from pipeline_lib import config, models, runs, training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--out", required=True, help="folder for model.pt and val_logits.npy")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--live", required=True, help="dvclive folder (per-epoch plots)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = config.load("train_teacher", args.params)
+    aug = config.load("augment", args.params)
+    ece_bins = config.load("metrics", args.params).ece_bins
+
+    torch.manual_seed(params.seed)
+    model = models.create(
+        params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained
+    )
+    objective = training.Supervised(params.task, params.loss, params.pos_weight, params.focal_gamma)
+    result = runs.train_and_save(
+        model, objective, params, aug, ece_bins, args.prepared, args.split,
+        args.out, args.metrics, args.live,
+    )  # fmt: skip
+    print(
+        f"train_teacher: best val ROC-AUC {result.best_metrics['val_roc_auc']:.4f} at epoch {result.best_epoch}"
+    )
+
+
+if __name__ == "__main__":
+    main()
