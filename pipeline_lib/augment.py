@@ -28,6 +28,8 @@ def random_affine(n: int, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
     """``(n, 2, 3)`` matrices mapping output to input coordinates (``affine_grid`` convention)."""
     area = _uniform(n, p.crop_scale_min, 1.0, g)
     log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g)
+    if p.crop_scale_min >= 1.0:  # no crop asked: no aspect jitter either
+        log_ratio = torch.zeros(n)
     sx = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
     sy = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
     sx = sx * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)  # horizontal flip

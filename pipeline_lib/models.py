@@ -54,15 +54,15 @@ class TinyCNN(nn.Module):
                 nn.MaxPool2d(2),
             )
 
-        self.features = nn.Sequential(block(3, 32, 2), block(32, 64, 1), block(64, 128, 1))
+        self.features = nn.Sequential(block(3, 32, 2), block(32, 64, 1), block(64, 120, 1))
         pools = {"avg": nn.AdaptiveAvgPool2d(1), "max": nn.AdaptiveMaxPool2d(1)}
         if global_pool not in pools:
             raise ValueError(
                 f"dsnet_tiny global_pool must be one of {list(pools)}, not {global_pool!r}"
             )
         self.pool = pools[global_pool]
-        self.num_features = 128
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(128, num_classes))
+        self.num_features = 120
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(120, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))

@@ -31,7 +31,7 @@ def subsample(part: data.Prepared, limit: int, seed: int) -> data.Prepared:
 def targets(table: pd.DataFrame) -> training.Batch:
     """Melanoma labels and dx indices of a split table."""
     return training.Batch(
-        torch.as_tensor(table["label"].to_numpy()), torch.as_tensor(table["dx_index"].to_numpy())
+        torch.tensor(table["label"].to_numpy()), torch.tensor(table["dx_index"].to_numpy())
     )
 
 

@@ -14,6 +14,7 @@ from pipeline_lib import artifacts, config, data
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="cache folder (images.npy, table.csv)")
+    parser.add_argument("--metrics", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     root = config.load("data", args.params).root
@@ -26,9 +27,22 @@ def main() -> None:
     with artifacts.atomic_path(out / "images.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, images)
     artifacts.write_csv(out / "table.csv", raw.table[data.PREPARED_COLUMNS])
+    seconds = time.perf_counter() - start
+    artifacts.write_json(
+        args.metrics,
+        {
+            "images": len(raw.table),
+            "lesions": int(raw.table["lesion_id"].nunique()),
+            "melanoma_images": int(raw.table["label"].sum()),
+            "dx_counts": raw.table["dx"].value_counts().sort_index().to_dict(),
+            "image_size": params.image_size,
+            "cache_mb": round(images.nbytes / 1e6, 1),
+            "seconds": round(seconds, 1),
+        },
+    )
     print(
         f"prepare: {len(images)} images from {raw.metadata_path} -> {out}/images.npy "
-        f"({images.nbytes / 1e6:.0f} MB, {images.shape[-1]} px) in {time.perf_counter() - start:.1f}s"
+        f"({images.nbytes / 1e6:.0f} MB, {images.shape[-1]} px) in {seconds:.1f}s"
     )
 
 

@@ -1,0 +1,49 @@
+"""dvc.yaml stays honest: each stage depends on exactly the library modules its script imports."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def _imports(path: Path) -> set[str]:
+    """pipeline_lib modules imported by ``path``, directly or transitively."""
+    seen: set[str] = set()
+    todo = [path]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "pipeline_lib":
+                    names = [f"pipeline_lib.{a.name}" for a in node.names]
+                elif node.module.startswith("pipeline_lib."):
+                    names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("pipeline_lib.")]
+            for name in names:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(REPO / (name.replace(".", "/") + ".py"))
+    return {f"{n.replace('.', '/')}.py" for n in seen}
+
+
+@pytest.mark.parametrize("name", list(DVC["stages"]))
+def test_stage_deps_list_the_modules_it_imports(name):
+    stage = DVC["stages"][name]
+    script = f"stages/{name}.py"
+    assert script in stage["cmd"], f"stage {name} must run {script}"
+    assert script in stage["deps"]
+    listed = {d for d in stage["deps"] if d.startswith("pipeline_lib/")}
+    assert listed == _imports(REPO / script), f"fix the deps of stage {name} in dvc.yaml"
+
+
+@pytest.mark.parametrize("name", list(DVC["stages"]))
+def test_stage_metrics_are_named_after_the_stage(name):
+    for entry in DVC["stages"][name].get("metrics", []):
+        path = next(iter(entry)) if isinstance(entry, dict) else entry
+        assert path in (f"metrics/{name}.json", "data/split/split_metadata.json")

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline_lib import models
+
+META = {"global_pool": "avg", "drop_rate": 0.0, "image_size": 32}
+
+
+@pytest.mark.parametrize(("task", "shape"), [("binary", (2,)), ("dx", (2, 7))])
+def test_output_shapes(task, shape):
+    model = models.create("test_resnet", task=task).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == shape
+
+
+def test_tiny_student_size_and_pooling():
+    assert 0.2e6 < models.count_parameters(models.create("dsnet_tiny")) < 0.3e6
+    model = models.create("test_resnet", global_pool="max")
+    assert isinstance(model.backbone.global_pool.pool, torch.nn.AdaptiveMaxPool2d)
+
+
+def test_unknown_arch_is_named():
+    with pytest.raises(ValueError, match="resnet_18"):
+        models.create("resnet_18")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = models.create("test_resnet", task="dx").eval()
+    path = tmp_path / "m.pt"
+    models.save_checkpoint(path, model, {"arch": "test_resnet", "task": "dx", **META})
+    loaded, meta = models.load_checkpoint(path)
+    assert meta["arch"] == "test_resnet" and meta["task"] == "dx" and meta["image_size"] == 32
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(model(x), loaded(x))
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(models.CheckpointError, match="broken.pt"):
+        models.load_checkpoint(path)
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(models.CheckpointError, match="not a melanoma-kd checkpoint"):
+        models.load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_of_tampered_architecture_is_named(tmp_path):
+    model = models.create("test_resnet")
+    path = tmp_path / "m.pt"
+    models.save_checkpoint(path, model, {"arch": "dsnet_tiny", "task": "binary", **META})
+    with pytest.raises(models.CheckpointError, match="does not match architecture 'dsnet_tiny'"):
+        models.load_checkpoint(path)
+
+
+def test_local_pretrained_weights_load_and_skip_head(tmp_path):
+    source = models.create("test_resnet", task="dx")
+    path = tmp_path / "w.pth"
+    torch.save(source.backbone.state_dict(), path)  # a plain timm state_dict, 7-way head
+    target = models.create("test_resnet", task="binary", pretrained=str(path))
+    stem = "conv1.0.weight"
+    assert torch.equal(target.backbone.state_dict()[stem], source.backbone.state_dict()[stem])
+
+
+def test_pretrained_weights_of_another_architecture_name_both(tmp_path):
+    path = tmp_path / "w.pt"
+    models.save_checkpoint(
+        path, models.create("dsnet_tiny"), {"arch": "dsnet_tiny", "task": "binary", **META}
+    )
+    with pytest.raises(models.CheckpointError, match="'dsnet_tiny', not 'test_resnet'"):
+        models.create("test_resnet", pretrained=str(path))
+    torch.save(models.create("dsnet_tiny").backbone.state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(models.CheckpointError, match="does not fit architecture 'test_resnet'"):
+        models.create("test_resnet", pretrained=str(tmp_path / "plain.pth"))
+
+
+def test_melanoma_probability_binary_and_dx():
+    assert models.melanoma_probability(np.array([0.0]), "binary")[0] == pytest.approx(0.5)
+    logits = np.zeros((1, 7))
+    logits[0, models.MELANOMA_INDEX] = np.log(7.0)  # p(mel) = 7 / (7 + 6)
+    assert models.melanoma_probability(logits, "dx")[0] == pytest.approx(7 / 13)
+    assert models.melanoma_probability(np.array([2.0]), "binary", 2.0)[0] == pytest.approx(
+        1 / (1 + np.exp(-1.0))
+    )

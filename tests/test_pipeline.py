@@ -1,0 +1,92 @@
+"""End to end: `dvc repro` on a temporary copy of the project with synthetic data."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from synthetic import make_dataset
+
+BIN = Path(sys.executable).parent
+TINY = {
+    "prepare": {"image_size": 32},
+    "train_teacher": {"arch": "test_resnet", "image_size": 32, "epochs": 1, "batch_size": 16},
+    "distill": {"arch": "dsnet_tiny", "image_size": 32, "epochs": 1, "batch_size": 16},
+    "baselines": {"feature_size": 32},
+    "quantize": {"calibration_images": 16, "qat_epochs": 1},
+    "benchmark": {"warmup": 1, "runs": 3, "threads": [1], "throughput_batch": 4},
+    "evaluate": {"bootstrap": 20, "gallery_size": 2},
+}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "pipeline_lib"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    make_dataset(root.parent / f"{root.name}_ham", n_lesions=60, images_per_lesion=2)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["root"] = str(root.parent / f"{root.name}_ham")
+    for section, values in TINY.items():
+        if section in params:
+            params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        assert _run(cmd, root).returncode == 0, cmd
+    return root
+
+
+@pytest.fixture(scope="module")
+def repro(project) -> subprocess.CompletedProcess:
+    return _run(["dvc", "repro"], project)
+
+
+def test_repro_writes_every_metrics_file(project, repro):
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    expected = {
+        "train_teacher": {"val_roc_auc", "best_epoch", "train_seconds", "params"},
+        "calibrate": {"temperature", "val_ece_before", "val_ece_after", "val_nll_after"},
+        "distill": {"val_roc_auc", "kd_alpha", "kd_temperature", "teacher_temperature"},
+    }
+    for name, keys in expected.items():
+        if name in stages:
+            data = json.loads((project / "metrics" / f"{name}.json").read_text())
+            assert keys <= set(data), name
+    for name in stages:
+        if name != "split":
+            assert (project / "metrics" / f"{name}.json").is_file(), name
+    split = json.loads((project / "data/split/split_metadata.json").read_text())
+    assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
+
+
+def test_second_repro_does_nothing(project, repro):
+    again = _run(["dvc", "repro"], project)
+    assert again.returncode == 0
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+
+
+def test_mistyped_param_in_exp_run_fails_loudly(project, repro):
+    out = _run(["dvc", "exp", "run", "-S", "kd.alpah=0.9"], project)
+    assert out.returncode != 0
+    assert "kd.alpah" in out.stdout + out.stderr

@@ -1,0 +1,165 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from pipeline_lib import augment, config, losses, metrics, models, runs, split, training
+
+REPO_PARAMS = REPO / "params.yaml"
+
+AUG = config.load("augment", REPO_PARAMS)
+BASE = config.load("train_teacher", REPO_PARAMS)
+
+
+def _params(**kw) -> config.TrainParams:
+    fields = dict(
+        arch="dsnet_tiny",
+        image_size=32,
+        epochs=3,
+        batch_size=16,
+        lr=3.0e-3,
+        patience=5,
+        bf16=False,
+        drop_rate=0.0,
+    )
+    return dataclasses.replace(BASE, **(fields | kw))
+
+
+def _split(prepared, synthetic_root, seed=0):
+    s = split.assign(prepared.table, seed)
+    train = prepared.table.index[s != "test"].to_numpy()  # train on train+val: tiny data
+    test = prepared.table.index[s == "test"].to_numpy()
+    return train, test
+
+
+def test_augment_is_deterministic_and_in_range():
+    batch = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    a = augment.augment(batch, 32, AUG, torch.Generator().manual_seed(0))
+    b = augment.augment(batch, 32, AUG, torch.Generator().manual_seed(0))
+    c = augment.augment(batch, 32, AUG, torch.Generator().manual_seed(1))
+    assert a.shape == (4, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_identity_augment_keeps_image():
+    still = dataclasses.replace(
+        AUG,
+        crop_scale_min=1.0,
+        max_rotation_deg=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue_shift=0.0,
+    )
+    batch = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    out = augment.augment(batch, 16, still, torch.Generator().manual_seed(0))
+    # Only flips remain: the image equals its original up to a flip of each axis.
+    ref = batch.float() / 255
+    flips = [ref, ref.flip(-1), ref.flip(-2), ref.flip(-1).flip(-2)]
+    for i in range(2):
+        assert min(float((out[i] - f[i]).abs().max()) for f in flips) < 1e-5
+
+
+def test_warmup_cosine_schedule():
+    assert training.warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert training.warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert training.warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert training.warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_oversampling_draws_melanoma_twice_as_often():
+    labels = np.array([1] * 100 + [0] * 900)
+    order = training.epoch_order(labels, 2.0, torch.Generator().manual_seed(0))
+    share = labels[order.numpy()].mean()
+    assert share == pytest.approx(200 / 1100, abs=0.03)
+    assert sorted(
+        training.epoch_order(labels, 1.0, torch.Generator().manual_seed(0)).tolist()
+    ) == list(range(1000))
+
+
+def test_binary_logit_of_dx_output():
+    logits = torch.randn(5, 7)
+    p = torch.softmax(logits, 1)[:, models.MELANOMA_INDEX]
+    assert torch.allclose(torch.sigmoid(training.binary_logit(logits, "dx")), p, atol=1e-6)
+
+
+def test_one_epoch_learns_the_synthetic_signal(prepared, synthetic_root):
+    torch.manual_seed(0)
+    train, test = _split(prepared, synthetic_root)
+    table = prepared.table
+    result = training.fit(
+        models.create("dsnet_tiny"), training.Supervised("binary", "bce", 2.0),
+        prepared.images[train], runs.targets(table.iloc[train]),
+        prepared.images[test], table["label"].to_numpy()[test], _params(epochs=2), AUG, progress=False,
+    )  # fmt: skip
+    assert result.best_metrics["val_roc_auc"] > 0.75
+    assert len(result.history) == 2 and {
+        "train_loss",
+        "train_hard",
+        "train_soft",
+        "lr",
+        "val_ece",
+    } <= set(result.history[0])
+    probs = models.melanoma_probability(result.val_logits, "binary")
+    assert result.best_metrics["val_roc_auc"] == pytest.approx(
+        metrics.roc_auc(table["label"].to_numpy()[test], probs)
+    )
+
+
+def test_supervised_rejects_loss_of_other_task():
+    with pytest.raises(ValueError, match="'ce' is for the dx task"):
+        training.Supervised("binary", "ce")
+
+
+def test_distillation_parts_and_frozen_teacher(prepared, synthetic_root):
+    torch.manual_seed(0)
+    teacher = models.create("test_resnet", task="dx")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    train, test = _split(prepared, synthetic_root)
+    table = prepared.table
+    objective = training.Distillation(
+        teacher, "dx", "binary", "bce", temperature=2.0, alpha=0.7, teacher_temperature=1.5
+    )
+    logged = []
+    training.fit(
+        models.create("dsnet_tiny"), objective, prepared.images[train], runs.targets(table.iloc[train]),
+        prepared.images[test], table["label"].to_numpy()[test], _params(epochs=1), AUG,
+        log=logged.append, progress=False,
+    )  # fmt: skip
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats too: eval mode
+    assert not teacher.training
+    row = logged[0]
+    assert row["train_soft"] > 0
+    assert row["train_loss"] == pytest.approx(
+        0.3 * row["train_hard"] + 0.7 * row["train_soft"], rel=1e-4
+    )
+
+
+def test_distillation_soft_term_uses_calibrated_teacher():
+    x = torch.rand(4, 3, 1, 1)
+    student = models.Classifier(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 1)), "binary"
+    )
+    batch = training.Batch(torch.tensor([0, 1, 0, 1]), torch.zeros(4, dtype=torch.long))
+    obj = training.Distillation(
+        _FlatTeacher(), "binary", "binary", "bce", 2.0, 1.0, teacher_temperature=3.0
+    )
+    parts = obj(student, x, batch)
+    zs = student(x)
+    zt = obj.teacher(x) / 3.0
+    assert parts["soft"].item() == pytest.approx(losses.bernoulli_kd(zs, zt, 2.0).item(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(parts["soft"].item(), rel=1e-5)  # alpha = 1
+
+
+class _FlatTeacher(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1).sum(1) * 2.0
+
+
+def test_binary_teacher_cannot_teach_dx_student():
+    with pytest.raises(ValueError, match="binary teacher cannot distil into a dx student"):
+        training.Distillation(_FlatTeacher(), "binary", "dx", "ce", 2.0, 0.5)
