@@ -42,3 +42,19 @@ def reliability_diagram(
     )
     ax.legend(loc="upper left")
     save(fig, path)
+
+
+def roc_curves(curves, aucs: dict[str, float], path: str | Path, title: str = "") -> None:
+    """ROC curves of several models in one PNG.
+
+    Args:
+        curves: long table with ``model``, ``fpr`` and ``tpr`` columns.
+        aucs: ROC-AUC per model, shown in the legend.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    for name, curve in curves.groupby("model", sort=False):
+        ax.plot(curve["fpr"], curve["tpr"], lw=1.5, label=f"{name} (AUC {aucs[name]:.3f})")
+    ax.set(xlabel="false positive rate", ylabel="sensitivity", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    save(fig, path)
