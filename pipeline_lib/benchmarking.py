@@ -1,0 +1,237 @@
+"""CPU cost of the teacher and of every student format, measured the same way for each.
+
+Every model is wrapped as a runner (float32 ``[0, 1]`` images in, logits out) with its thread
+count set explicitly in its own runtime: ``torch.set_num_threads`` for PyTorch eager,
+``intra_op_num_threads`` for ONNX Runtime, the process-wide pool for ExecuTorch. Latency is
+per call at batch 1 after warm-up; peak RAM is taken in a fresh process per model, so that one
+model's allocations never hide another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline_lib import inference, metrics, models, plotting, quantization
+from pipeline_lib.config import BenchmarkParams
+from pipeline_lib.quantization import Runner
+
+
+def macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one image (FLOPs counted by PyTorch, halved)."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops() // 2
+
+
+def size_mb(path: str | Path) -> float:
+    """File size in MB (10^6 bytes)."""
+    return os.path.getsize(path) / 1e6
+
+
+def torch_runner(model: nn.Module, threads: int) -> Runner:
+    """PyTorch eager in float32 as a user would run it: eval mode, inference mode, NCHW input."""
+    torch.set_num_threads(threads)  # process-wide; set again before each measurement
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def file_runner(path: str | Path) -> Callable[[int], Runner]:
+    """A factory of runners of an exported file, one per thread count."""
+    return lambda threads: quantization.load_runner(path, threads)
+
+
+def call_times_ms(run: Runner, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
+    """Wall time of each of ``runs`` calls of ``run(x)`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        run(x)
+        times[i] = time.perf_counter() - start
+    return times * 1e3
+
+
+def measure(
+    make_runner: Callable[[int], Runner],
+    image: np.ndarray,
+    batch: np.ndarray,
+    params: BenchmarkParams,
+) -> dict:
+    """Batch-1 latency (median, p90) and batch throughput at every thread count of ``params``.
+
+    Throughput repeats ``max(3, runs // throughput_batch)`` batches, so it sees about as many
+    images as the latency runs do.
+    """
+    latency, throughput = {}, {}
+    for threads in params.threads:
+        run = make_runner(threads)
+        times = call_times_ms(run, image, params.warmup, params.runs)
+        latency[str(threads)] = {
+            "median": float(np.median(times)),
+            "p90": float(np.percentile(times, 90)),
+        }
+        reps = max(3, params.runs // params.throughput_batch)
+        batch_ms = call_times_ms(run, batch, min(2, params.warmup), reps)
+        throughput[str(threads)] = float(len(batch) / (np.median(batch_ms) / 1e3))
+    return {"latency_ms": latency, "throughput_img_s": throughput}
+
+
+# Run by a fresh interpreter per model. Peaks are read from VmHWM, not ru_maxrss: a forked
+# child's ru_maxrss starts at the parent's resident size (1.8 GB in the benchmark stage,
+# measured), VmHWM belongs to the child's own address space. After the imports the mark is
+# reset (Linux: writing 5 to /proc/self/clear_refs), so the model's own peak is measured apart
+# from the libraries'. ONNX models are loaded with onnxruntime alone, as an app links it:
+# importing torch (750 MB resident here, a CUDA build) would swamp a 2 MB model.
+_PEAK_RAM_CHILD = """
+import json, re, sys
+def rss(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+path, size = sys.argv[1], int(sys.argv[2])
+import numpy as np
+x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+if path.endswith(".onnx"):
+    import onnxruntime as ort
+    def load_and_score():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: x})
+elif path.endswith(".pte"):
+    from pipeline_lib import quantization
+    def load_and_score():
+        quantization.load_runner(path, threads=1)(x)
+else:
+    import torch
+    from pipeline_lib import models
+    torch.set_num_threads(1)
+    def load_and_score():
+        model, _ = models.load_checkpoint(path)
+        with torch.inference_mode():
+            model(torch.from_numpy(x))
+imports_peak, imports_rss = rss("VmHWM"), rss("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+load_and_score()
+peak = rss("VmHWM")
+print(json.dumps({"peak_ram_mb": max(peak, imports_peak), "libraries_ram_mb": imports_rss,
+                  "model_ram_mb": peak - imports_rss}))
+"""
+
+
+def peak_ram(path: str | Path, image_size: int) -> dict:
+    """Peak RAM (MB) of a fresh process that loads ``path`` and scores one image.
+
+    Returns ``peak_ram_mb`` (peak resident set of the whole process), ``libraries_ram_mb``
+    (resident after the imports, before the model) and ``model_ram_mb`` (what loading the
+    model and one inference add to it).
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RAM_CHILD, str(path), str(image_size)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"peak-RAM run of {path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _val_roc_auc(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
+    return metrics.roc_auc(labels, models.melanoma_probability(logits, task))
+
+
+def benchmark_checkpoint(
+    path: str | Path, val_images: np.ndarray, val_labels: np.ndarray, params: BenchmarkParams
+) -> dict:
+    """Every figure of a PyTorch checkpoint run eagerly in float32, val ROC-AUC included."""
+    model, meta = models.load_checkpoint(path)
+    size = meta["image_size"]
+    x = inference.to_input(val_images[: params.throughput_batch], size).contiguous().numpy()
+    logits = inference.predict_logits(model, val_images, size)
+    row = {
+        "runtime": "pytorch_eager", "precision": "fp32", "arch": meta["arch"],
+        "task": meta["task"], "image_size": size,
+        "params": models.count_parameters(model), "macs": macs(model, size),
+        "size_mb": size_mb(path), "val_roc_auc": _val_roc_auc(logits, val_labels, meta["task"]),
+    }  # fmt: skip
+    row |= measure(lambda threads: torch_runner(model, threads), x[:1], x, params)
+    return row | peak_ram(path, size)
+
+
+def benchmark_file(
+    path: str | Path,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    params: BenchmarkParams,
+    float_row: dict,
+) -> dict:
+    """Every figure of an exported ``.pte``/``.onnx`` student, run in its own runtime.
+
+    Args:
+        float_row: :func:`benchmark_checkpoint` of the float student it was exported from
+            (architecture, task, image size, parameters and MACs carry over).
+    """
+    size = float_row["image_size"]
+    x = inference.to_input(val_images[: params.throughput_batch], size).contiguous().numpy()
+    logits = quantization.predict(path, val_images, size)
+    keep = ("arch", "task", "image_size", "params", "macs")
+    row = {k: float_row[k] for k in keep} | {
+        "size_mb": size_mb(path),
+        "val_roc_auc": _val_roc_auc(logits, val_labels, float_row["task"]),
+    }
+    row |= measure(file_runner(path), x[:1], x, params)
+    return row | peak_ram(path, size)
+
+
+def ratios(results: dict[str, dict], reference: str) -> dict[str, dict[str, float]]:
+    """``reference``'s cost divided by each other model's: how many times smaller or faster."""
+    ref = results[reference]
+    out = {}
+    for name, r in results.items():
+        if name == reference:
+            continue
+        row = {
+            f"latency_{t}t": ref["latency_ms"][t]["median"] / r["latency_ms"][t]["median"]
+            for t in r["latency_ms"]
+        }
+        for key in ("params", "macs", "size_mb"):
+            row[key] = ref[key] / r[key]
+        out[name] = row
+    return out
+
+
+def plot_auc_vs_cost(results: dict[str, dict], threads: str, path: str | Path) -> None:
+    """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG."""
+    # plotting's pyplot, which it has switched to the Agg backend (renders without a display)
+    fig, axes = plotting.plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, label in (
+        (axes[0], "latency", f"batch-1 median latency, {threads} thread(s) [ms]"),
+        (axes[1], "size_mb", "file size [MB]"),
+    ):
+        for name, r in results.items():
+            x = r["latency_ms"][threads]["median"] if key == "latency" else r["size_mb"]
+            ax.scatter(x, r["val_roc_auc"], s=40)
+            ax.annotate(name, (x, r["val_roc_auc"]), textcoords="offset points", xytext=(4, 4))
+        ax.set(xscale="log", xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val ROC-AUC (raw)")
+    fig.suptitle("Teacher and students: accuracy against cost on this CPU")
+    plotting.save(fig, path)

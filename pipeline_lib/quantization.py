@@ -1,0 +1,441 @@
+"""Deployable students: ExecuTorch and ONNX Runtime files, int8 quantization and one runner.
+
+The float student becomes an ExecuTorch program lowered to XNNPACK (``.pte``) and an ONNX
+model (``.onnx``); int8 copies come from post-training static quantization (PT2E with
+``XNNPACKQuantizer`` for ExecuTorch, QDQ ``quantize_static`` for ONNX), with a QAT fine-tune
+when post-training int8 costs too much on val. :func:`load_runner` runs any of these files in
+its own runtime, and the ops reports say what really runs int8, so an "int8" model that is
+mostly float shows up in the metrics.
+
+This is the only module that imports torchao, executorch and ``onnxruntime.quantization``:
+their APIs move fast, and churn stays here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    XNNPACKQuantizer,
+    get_symmetric_quantization_config,
+)
+from executorch.devtools.backend_debug import get_delegation_info
+from executorch.exir import to_edge_transform_and_lower
+from executorch.exir.lowered_backend_module import get_lowered_backend_modules
+from executorch.extension.pybindings import portable_lib
+from executorch.runtime import Runtime
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from torch import nn
+from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+from pipeline_lib import artifacts, metrics, models, training
+from pipeline_lib.config import AugmentParams, QuantizeParams, TrainParams
+from pipeline_lib.inference import to_input
+
+# Largest batch an exported program accepts. ExecuTorch plans its input buffer for this bound
+# (64 x 3 x 128 x 128 float32 = 12.6 MB), so a larger bound costs phone RAM for nothing.
+MAX_BATCH = 64
+_TRAIN_MAX_BATCH = 1024  # QAT graphs are trained and scored in Python, never lowered as is
+PTE_IDENTIFIER = b"ET12"  # flatbuffer file identifier at bytes 4-8 of every .pte
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class ModelFileError(RuntimeError):
+    """A deployable model file is missing, corrupt or of another kind; the message names it."""
+
+
+def calibration_inputs(images: np.ndarray, image_size: int, count: int, seed: int) -> np.ndarray:
+    """``count`` images drawn with a seeded generator, as float32 ``[0, 1]`` NCHW."""
+    rows = np.arange(len(images))
+    if count < len(images):
+        rows = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
+    return to_input(images[rows], image_size).contiguous().numpy()
+
+
+def _example(image_size: int, batch: int = MAX_BATCH) -> torch.Tensor:
+    return torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
+def export(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
+    """``torch.export`` with a dynamic batch dimension of 1 to :data:`MAX_BATCH`.
+
+    The example batch is the upper bound itself: lowered to XNNPACK from an example of 2
+    images, ExecuTorch 1.5.1 planned the input for 15 images and refused more (measured).
+    """
+    if not isinstance(model, torch.fx.GraphModule):  # exported modules refuse .eval()
+        model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return torch.export.export(model, (_example(image_size),), dynamic_shapes=({0: batch},))
+
+
+def _quantizer(qat: bool = False) -> XNNPACKQuantizer:
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return XNNPACKQuantizer().set_global(config)
+
+
+@torch.no_grad()
+def ptq_int8(model: nn.Module, calibration: np.ndarray, batch_size: int = 32) -> nn.Module:
+    """PT2E post-training static int8 (per-channel symmetric weights) calibrated on ``calibration``.
+
+    Returns the converted graph (quantize/dequantize around every conv and linear), ready for
+    :func:`export` and :func:`write_pte`.
+    """
+    prepared = prepare_pt2e(export(model, calibration.shape[-1]).module(), _quantizer())
+    for i in range(0, len(calibration), batch_size):
+        prepared(torch.from_numpy(calibration[i : i + batch_size]))
+    return convert_pt2e(prepared)
+
+
+def write_pte(program: torch.export.ExportedProgram, path: str | Path) -> dict:
+    """Lower ``program`` with the XNNPACK partitioner, write the ``.pte``, return its ops report."""
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    report = pte_ops_report(lowered.exported_program().graph_module)
+    buffer = lowered.to_executorch().buffer
+    with artifacts.atomic_path(path) as tmp:
+        tmp.write_bytes(buffer)
+    return report
+
+
+# Nodes that only move or view data; anything else left outside a delegate is real compute.
+_DATA_MOVEMENT = ("getitem", "sym_size", "view_copy", "select_copy", "dim_order", "alloc", "clone")
+
+
+def _op(node: torch.fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _int8_operand(node: object) -> bool:
+    """Whether ``node`` dequantizes an int8 tensor (the operand is stored as int8)."""
+    if not isinstance(node, torch.fx.Node) or "dequantize" not in _op(node):
+        return False
+    source = node.args[0]
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    return value is not None and value.dtype == torch.int8
+
+
+def pte_ops_report(graph_module: torch.fx.GraphModule) -> dict:
+    """What a lowered ExecuTorch program runs where: delegates, int8 convs, ops left outside.
+
+    A conv or linear counts as int8 when both its input and its weight are dequantized from
+    int8 inside an XNNPACK delegate: XNNPACK then runs its quantized kernel.
+    """
+    frame = get_delegation_info(graph_module).get_operator_delegation_dataframe()
+    frame = frame[frame["op_type"] != "Total"]
+    outside = {
+        r.op_type: int(r.occurrences_in_non_delegated_graphs)
+        for r in frame.itertuples()
+        if r.occurrences_in_non_delegated_graphs > 0
+    }
+    lowered = get_lowered_backend_modules(graph_module)
+    inside: Counter[str] = Counter()
+    for module in lowered:
+        for node in module.original_module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            op = _op(node)
+            if op.startswith(("aten.convolution", "aten.linear")):
+                int8 = _int8_operand(node.args[0]) and _int8_operand(node.args[1])
+                inside["conv_linear_int8" if int8 else "conv_linear_float"] += 1
+            elif "dequantize" in op:
+                inside["dequantize"] += 1
+            elif "quantize" in op:
+                inside["quantize"] += 1
+    not_delegated = sum(
+        1
+        for n in graph_module.graph.nodes
+        if n.op == "call_function" and _op(n).startswith(("aten.convolution", "aten.linear"))
+    )
+    return {
+        "delegates": len(lowered),
+        "backends": sorted({m.backend_id for m in lowered}),
+        "delegated_ops": int(frame["occurrences_in_delegated_graphs"].sum()),
+        "conv_linear_int8_delegated": inside["conv_linear_int8"],
+        "conv_linear_float_delegated": inside["conv_linear_float"],
+        "conv_linear_not_delegated": not_delegated,
+        "quantize_ops_delegated": inside["quantize"],
+        "dequantize_ops_delegated": inside["dequantize"],
+        "ops_outside_delegates": outside,
+        "compute_ops_outside_delegates": {
+            k: v for k, v in outside.items() if not any(s in k for s in _DATA_MOVEMENT)
+        },
+    }
+
+
+def write_onnx(model: nn.Module, image_size: int, path: str | Path) -> None:
+    """Export the float model to ONNX (opset 17) with a dynamic batch dimension.
+
+    ``dynamo=False`` uses the TorchScript exporter: the default dynamo exporter needs
+    ``onnxscript``, which is not installed (shared/FACTS.md).
+    """
+    with artifacts.atomic_path(path) as tmp:
+        torch.onnx.export(
+            model.eval(), (_example(image_size, 1),), str(tmp),
+            input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+
+
+class _Calibration(CalibrationDataReader):
+    """Feeds the calibration images to ``quantize_static`` in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int):
+        self._batches = iter(
+            [{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def write_onnx_int8(
+    float_path: str | Path, path: str | Path, calibration: np.ndarray, batch_size: int = 32
+) -> None:
+    """Static int8 QDQ ONNX: per-channel int8 weights, uint8 activations.
+
+    uint8 activations (ORT's U8S8): with int8 activations ONNX Runtime's CPU provider fused
+    only 28 of MobileNetV3-S's 53 QDQ convs into QLinearConv, leaving the depthwise ones
+    float; with uint8 all 53 were fused (measured).
+    """
+    name = onnx.load(str(float_path)).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp, artifacts.atomic_path(path) as out:
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(float_path), str(pre))  # shape inference + folding, as ORT advises
+        quantize_static(
+            str(pre), str(out), _Calibration(calibration, name, batch_size),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+
+
+def write_onnx_fp16(float_path: str | Path, path: str | Path) -> None:
+    """An fp16 copy of the float ONNX model; inputs and outputs stay float32."""
+    model = convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
+    with artifacts.atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+_INT8_ONNX_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+_FLOAT_ONNX_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+
+
+def onnx_ops_report(path: str | Path) -> dict:
+    """Convs and matmuls of an ONNX file, and what ONNX Runtime's CPU provider really runs.
+
+    ``file``: QDQ-wrapped (int8) versus float Conv/Gemm/MatMul as stored. ``runtime``: the
+    same counts in the graph ORT builds after its optimisations, where a QDQ conv is either
+    fused into an int8 kernel (QLinearConv) or left as a float Conv between DQ and Q.
+    """
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    file = Counter()
+    for node in graph.node:
+        if node.op_type in {"Conv", "Gemm", "MatMul"}:
+            qdq = all(producer.get(i) == "DequantizeLinear" for i in node.input[:2])
+            file["conv_gemm_qdq_int8" if qdq else "conv_gemm_float"] += 1
+        elif node.op_type in {"QuantizeLinear", "DequantizeLinear", "Cast"}:
+            file[node.op_type] += 1
+    dtypes = Counter(onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        # EXTENDED holds the QDQ fusions but not the hardware-specific NCHWc layout rewrite.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = Counter(
+            n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
+        )
+    return {
+        "file": dict(file) | {"initializer_dtypes": dict(dtypes)},
+        "runtime": {
+            "int8_conv_gemm": sum(optimized[k] for k in _INT8_ONNX_OPS),
+            "float_conv_gemm": sum(optimized[k] for k in _FLOAT_ONNX_OPS),
+            # ORT's CPU provider lacks fp16 kernels for most ops and wraps them in Casts.
+            "cast": optimized["Cast"],
+        },
+    }
+
+
+def set_executorch_threads(threads: int) -> bool:
+    """Resize ExecuTorch's process-wide thread pool; ``False`` when this build cannot.
+
+    The call is private in ExecuTorch 1.5.1 and affects every loaded program.
+    """
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if reset is None:
+        return False
+    reset(threads)
+    return True
+
+
+def _pte_runner(path: Path, threads: int | None) -> Runner:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # Checked before the runtime sees the file: ExecuTorch 1.5.1 logs a wrong identifier's raw
+    # bytes and aborts the whole process when they are not valid UTF-8 (measured).
+    if head[4:8] != PTE_IDENTIFIER:
+        raise ModelFileError(
+            f"{path} is not an ExecuTorch program (no {PTE_IDENTIFIER.decode()} identifier): "
+            "the file is corrupt or of another kind"
+        )
+    if threads:
+        set_executorch_threads(threads)
+    try:
+        method = Runtime.get().load_program(path).load_method("forward")
+    except RuntimeError as err:
+        raise ModelFileError(f"cannot load ExecuTorch program {path}: {err}") from err
+    bound = tuple(method.metadata.input_tensor_meta(0).sizes())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[1:] != bound[1:]:
+            raise ValueError(f"{path} takes (N, {bound[1:]}) inputs, got {x.shape}")
+        outs = []
+        for i in range(0, len(x), bound[0]):  # the program's planned batch bound
+            try:
+                out = method.execute([torch.from_numpy(x[i : i + bound[0]])])[0]
+            except RuntimeError as err:
+                raise ModelFileError(f"ExecuTorch program {path} failed to run: {err}") from err
+            outs.append(out.numpy().copy())  # the output may alias the planned buffer
+        return np.concatenate(outs)
+
+    return run
+
+
+def _onnx_runner(path: Path, threads: int | None) -> Runner:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0 = ORT's default (one per core)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)
+        raise ModelFileError(f"cannot load ONNX model {path}: {err}") from err
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+RUNTIMES: dict[str, Callable[[Path, int | None], Runner]] = {
+    ".pte": _pte_runner,
+    ".onnx": _onnx_runner,
+}
+
+
+def load_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """A function mapping float32 ``[0, 1]`` images ``(N, 3, H, W)`` to logits, in the file's runtime.
+
+    Args:
+        path: a ``.pte`` (ExecuTorch runtime) or ``.onnx`` (ONNX Runtime, CPU) file.
+        threads: intra-op threads; ``None`` keeps the runtime's default. For ExecuTorch the
+            thread pool is process-wide: the last runner loaded sets it for all.
+
+    Raises:
+        ModelFileError: naming ``path`` when it is missing, corrupt or of another kind.
+    """
+    path = Path(path)
+    if path.suffix not in RUNTIMES:
+        raise ModelFileError(f"{path}: unsupported model file type; expected {list(RUNTIMES)}")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} not found")
+    return RUNTIMES[path.suffix](path, threads)
+
+
+def predict(
+    path: str | Path,
+    images: np.ndarray,
+    image_size: int,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Logits of the exported model at ``path`` for uint8 images ``(N, 3, H, W)``, float32."""
+    run = load_runner(path, threads)
+    outs = [
+        run(to_input(images[i : i + batch_size], image_size).contiguous().numpy())
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def val_metrics(logits: np.ndarray, labels: np.ndarray, task: str, ece_bins: int) -> dict:
+    """Raw (temperature 1) val ROC-AUC and ECE of the melanoma probability."""
+    prob = models.melanoma_probability(logits, task)
+    return {
+        "val_roc_auc": metrics.roc_auc(labels, prob),
+        "val_ece": metrics.ece(labels, prob, ece_bins),
+    }
+
+
+def degradation(float_metrics: dict, int8_metrics: dict, params: QuantizeParams) -> dict:
+    """ROC-AUC drop and ECE change of a quantized model, and whether they stay in bounds."""
+    drop = float_metrics["val_roc_auc"] - int8_metrics["val_roc_auc"]
+    change = int8_metrics["val_ece"] - float_metrics["val_ece"]
+    ok = drop <= params.max_auc_drop and abs(change) <= params.max_ece_change
+    return {"val_roc_auc_drop": drop, "val_ece_change": change, "within_bounds": ok}
+
+
+def better(candidate: dict, incumbent: dict) -> bool:
+    """Whether ``candidate`` beats ``incumbent`` (each :func:`degradation` + :func:`val_metrics`).
+
+    Staying within bounds wins first; then the higher val ROC-AUC, then the lower val ECE.
+    """
+
+    def key(m: dict) -> tuple:
+        return (m["within_bounds"], round(m["val_roc_auc"], 4), -m["val_ece"])
+
+    return key(candidate) > key(incumbent)
+
+
+def qat_int8(
+    model: models.Classifier,
+    train_images: np.ndarray,
+    train_targets: training.Batch,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    recipe: TrainParams,
+    aug: AugmentParams,
+    params: QuantizeParams,
+    ece_bins: int,
+    progress: bool = False,
+) -> tuple[nn.Module, training.FitResult]:
+    """Quantization-aware fine-tuning from the float student, then conversion to int8.
+
+    The shared loop :func:`training.fit` trains the prepared graph with the student's own
+    recipe (augmentation, loss, batch size; hard labels only), for ``qat_epochs`` at
+    ``qat_lr`` without warm-up, keeping the epoch with the best fake-quantized val ROC-AUC.
+    Pass the result to :func:`export` and :func:`write_pte`.
+    """
+    recipe = dataclasses.replace(
+        recipe, task=model.task, epochs=params.qat_epochs, lr=params.qat_lr,
+        warmup_epochs=0.0, patience=params.qat_epochs, seed=params.seed,
+    )  # fmt: skip
+    # Exported in train mode (QAT simulates the conv-BN folding with live statistics), with a
+    # batch bound large enough for fit()'s val scoring; export() re-bounds it to MAX_BATCH.
+    batch = torch.export.Dim("batch", min=1, max=_TRAIN_MAX_BATCH)
+    graph = torch.export.export(
+        copy.deepcopy(model).train(), (_example(recipe.image_size),), dynamic_shapes=({0: batch},)
+    ).module()
+    prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    allow_exported_model_train_eval(prepared)  # fit() switches train/eval on it
+    objective = training.Supervised(recipe.task, recipe.loss, recipe.pos_weight, recipe.focal_gamma)
+    result = training.fit(
+        prepared, objective, train_images, train_targets, val_images, val_labels,
+        recipe, aug, ece_bins, progress=progress,
+    )  # fmt: skip
+    # fit() trains channels_last; XNNPACK's layout pass rejects a constant it sees in both
+    # layouts, so the weights go back to contiguous before conversion (measured).
+    trained = result.model.to(memory_format=torch.contiguous_format).eval()
+    return convert_pt2e(trained), result

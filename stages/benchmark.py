@@ -1,0 +1,68 @@
+"""benchmark: teacher vs every student format on this CPU: size, MACs, latency, throughput, RAM, val AUC."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_lib import artifacts, benchmarking, config, data
+
+EXPORTED = {  # name -> (file written by the quantize stage, runtime, precision)
+    "student_executorch_fp32": ("student_fp32.pte", "executorch_xnnpack", "fp32"),
+    "student_executorch_int8": ("student_int8.pte", "executorch_xnnpack", "int8"),
+    "student_onnx_fp32": ("student_fp32.onnx", "onnxruntime_cpu", "fp32"),
+    "student_onnx_int8": ("student_int8.onnx", "onnxruntime_cpu", "int8"),
+    "student_onnx_fp16": ("student_fp16.onnx", "onnxruntime_cpu", "fp16"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", required=True, help="teacher model.pt")
+    parser.add_argument("--student", required=True, help="float student model.pt")
+    parser.add_argument("--quantized", required=True, help="the quantize stage's folder")
+    parser.add_argument("--prepared", required=True)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--plots", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = config.load("benchmark", args.params)
+    # Val ROC-AUC is measured here, in each runtime: no stage reads metrics/.
+    val = data.select(data.load_prepared(args.prepared), pd.read_csv(Path(args.split) / "val.csv"))
+    images, labels = val.images, val.table["label"].to_numpy()
+
+    results = {}
+    for name, path in (("teacher_pytorch", args.teacher), ("student_pytorch", args.student)):
+        results[name] = benchmarking.benchmark_checkpoint(path, images, labels, params)
+        print(f"benchmark: {name} done")
+    for name, (file, runtime, precision) in EXPORTED.items():
+        path = Path(args.quantized) / file
+        row = benchmarking.benchmark_file(path, images, labels, params, results["student_pytorch"])
+        results[name] = {"runtime": runtime, "precision": precision} | row
+        print(f"benchmark: {name} done")
+
+    artifacts.write_json(
+        args.metrics,
+        {
+            "threads": params.threads,
+            "throughput_batch": params.throughput_batch,
+            "models": results,
+            "teacher_over_student": benchmarking.ratios(results, "teacher_pytorch"),
+        },
+    )
+    one_thread = str(min(params.threads))
+    benchmarking.plot_auc_vs_cost(results, one_thread, Path(args.plots) / "auc_vs_latency.png")
+    for name, r in results.items():
+        lat = "  ".join(f"{t}t {v['median']:6.2f} ms" for t, v in r["latency_ms"].items())
+        print(
+            f"benchmark: {name:<24} {r['size_mb']:6.2f} MB  {lat}  "
+            f"RAM {r['peak_ram_mb']:.0f} MB (model +{r['model_ram_mb']:.0f})  "
+            f"val ROC-AUC {r['val_roc_auc']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

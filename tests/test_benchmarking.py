@@ -1,0 +1,90 @@
+"""Benchmark measurements on a tiny model with a few runs: structure and sanity, not speed."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from torch import nn
+
+from pipeline_lib import benchmarking, config, models, quantization
+
+SIZE = 32
+PARAMS = dataclasses.replace(
+    config.load("benchmark", REPO / "params.yaml"), warmup=1, runs=5, threads=[1, 2],
+    throughput_batch=4,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = models.create("dsnet_tiny").eval()
+    path = tmp_path_factory.mktemp("bench") / "model.pt"
+    meta = {"arch": "dsnet_tiny", "task": "binary", "global_pool": "avg", "drop_rate": 0.0}
+    models.save_checkpoint(path, model, meta | {"image_size": SIZE})
+    return path
+
+
+def test_macs_of_a_single_convolution():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    # 8 outputs x 3 inputs x 9 taps per output pixel, 8 x 8 pixels
+    assert benchmarking.macs(conv, 8) == 8 * 3 * 9 * 64
+
+
+def test_measure_returns_latency_and_throughput_per_thread_count():
+    model = models.create("dsnet_tiny").eval()
+    x = np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32)
+    out = benchmarking.measure(lambda n: benchmarking.torch_runner(model, n), x[:1], x, PARAMS)
+    assert set(out["latency_ms"]) == set(out["throughput_img_s"]) == {"1", "2"}
+    for lat in out["latency_ms"].values():
+        assert 0 < lat["median"] <= lat["p90"]
+    assert all(v > 0 for v in out["throughput_img_s"].values())
+    assert torch.get_num_threads() == 2  # the last thread count measured was really set
+
+
+def test_call_times_counts_runs_only():
+    calls = []
+    times = benchmarking.call_times_ms(lambda x: calls.append(x), np.zeros(1), warmup=3, runs=7)
+    assert len(times) == 7 and len(calls) == 10 and (times >= 0).all()
+
+
+def test_benchmark_checkpoint_and_exported_file(checkpoint, prepared, tmp_path):
+    labels = prepared.table["label"].to_numpy()
+    row = benchmarking.benchmark_checkpoint(checkpoint, prepared.images, labels, PARAMS)
+    assert row["params"] == models.count_parameters(models.load_checkpoint(checkpoint)[0])
+    assert row["macs"] > row["params"]  # a conv net reuses each weight at many pixels
+    assert 0 <= row["val_roc_auc"] <= 1 and row["size_mb"] > 0
+    assert row["peak_ram_mb"] >= row["libraries_ram_mb"] > 0 and row["model_ram_mb"] >= 0
+
+    onnx_path = tmp_path / "student_fp32.onnx"
+    quantization.write_onnx(models.load_checkpoint(checkpoint)[0], SIZE, onnx_path)
+    exported = benchmarking.benchmark_file(onnx_path, prepared.images, labels, PARAMS, row)
+    assert exported["macs"] == row["macs"] and exported["params"] == row["params"]
+    assert exported["val_roc_auc"] == pytest.approx(row["val_roc_auc"], abs=1e-3)
+    assert set(exported["latency_ms"]) == {"1", "2"}
+    # ONNX models are measured with onnxruntime alone, without torch's ~750 MB.
+    assert exported["libraries_ram_mb"] < row["libraries_ram_mb"]
+
+
+def test_ratios_divide_the_reference_by_each_model():
+    def row(ms, params, macs, size):
+        return {
+            "latency_ms": {"1": {"median": ms}},
+            "params": params,
+            "macs": macs,
+            "size_mb": size,
+        }
+
+    results = {"teacher": row(20.0, 1000, 10**6, 4.0), "student": row(5.0, 100, 10**5, 1.0)}
+    assert benchmarking.ratios(results, "teacher") == {
+        "student": {"latency_1t": 4.0, "params": 10.0, "macs": 10.0, "size_mb": 4.0}
+    }
+
+
+def test_plot_writes_a_png(tmp_path):
+    row = {"latency_ms": {"1": {"median": 3.0}}, "size_mb": 2.0, "val_roc_auc": 0.8}
+    path = tmp_path / "plots" / "auc_vs_latency.png"
+    benchmarking.plot_auc_vs_cost({"a": row, "b": row | {"size_mb": 5.0}}, "1", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

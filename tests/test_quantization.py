@@ -1,0 +1,211 @@
+"""Exports, int8 quantization and the runner, on a tiny student at 32 px."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from pipeline_lib import config, inference, models, quantization, training
+
+SIZE = 32
+FILES = {
+    "fp32_pte": "student_fp32.pte",
+    "int8_pte": "student_int8.pte",
+    "fp32_onnx": "student_fp32.onnx",
+    "int8_onnx": "student_int8.onnx",
+    "fp16_onnx": "student_fp16.onnx",
+}
+CONV_LINEAR = 7  # dsnet_tiny: six convolutions and one linear head
+EPOCHS = 4
+AUG = config.load("augment", REPO / "params.yaml")
+
+
+def _recipe(**kw) -> config.TrainParams:
+    fields = dict(
+        arch="dsnet_tiny", task="binary", loss="bce", image_size=SIZE, batch_size=32,
+        lr=3.0e-3, warmup_epochs=0.0, bf16=False, drop_rate=0.0, oversample_melanoma=1.0,
+    )  # fmt: skip
+    return dataclasses.replace(config.load("distill", REPO / "params.yaml"), **(fields | kw))
+
+
+def _targets(table) -> training.Batch:
+    return training.Batch(
+        torch.tensor(table["label"].to_numpy()), torch.tensor(table["dx_index"].to_numpy())
+    )
+
+
+@pytest.fixture(scope="module")
+def student(prepared) -> models.Classifier:
+    """dsnet_tiny trained a few epochs on the synthetic lesions.
+
+    Random weights give near-constant logits (spread ~0.003) against which int8 rounding looks
+    huge; a trained model has the spread of a real one.
+    """
+    torch.manual_seed(0)
+    model = models.create("dsnet_tiny", drop_rate=0.0)
+    labels = prepared.table["label"].to_numpy()
+    result = training.fit(
+        model, training.Supervised("binary", "bce", 2.0), prepared.images,
+        _targets(prepared.table), prepared.images, labels, _recipe(epochs=EPOCHS),
+        AUG, progress=False,
+    )  # fmt: skip
+    return result.model.to(memory_format=torch.contiguous_format).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(student, prepared, tmp_path_factory):
+    """Every file the quantize stage writes, with the ops reports of the ExecuTorch ones."""
+    out = tmp_path_factory.mktemp("quantized")
+    paths = {k: out / v for k, v in FILES.items()}
+    calibration = quantization.calibration_inputs(prepared.images, SIZE, 48, seed=0)
+    int8 = quantization.ptq_int8(student, calibration)
+    reports = {
+        "fp32_pte": quantization.write_pte(quantization.export(student, SIZE), paths["fp32_pte"]),
+        "int8_pte": quantization.write_pte(quantization.export(int8, SIZE), paths["int8_pte"]),
+    }
+    quantization.write_onnx(student, SIZE, paths["fp32_onnx"])
+    quantization.write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    quantization.write_onnx_fp16(paths["fp32_onnx"], paths["fp16_onnx"])
+    return paths, reports
+
+
+@pytest.fixture(scope="module")
+def reference(student, prepared) -> np.ndarray:
+    return inference.predict_logits(student, prepared.images, SIZE)
+
+
+def test_calibration_inputs_are_seeded_float_images(prepared):
+    a = quantization.calibration_inputs(prepared.images, SIZE, 10, seed=0)
+    b = quantization.calibration_inputs(prepared.images, SIZE, 10, seed=0)
+    c = quantization.calibration_inputs(prepared.images, SIZE, 10, seed=1)
+    assert a.shape == (10, 3, SIZE, SIZE) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    assert len(quantization.calibration_inputs(prepared.images, SIZE, 10**6, seed=0)) == len(
+        prepared.images
+    )
+
+
+def test_int8_pte_runs_every_conv_in_int8_inside_xnnpack(exported):
+    report = exported[1]["int8_pte"]
+    assert report["backends"] == ["XnnpackBackend"]
+    assert report["conv_linear_int8_delegated"] == CONV_LINEAR
+    assert report["conv_linear_float_delegated"] == 0
+    assert report["conv_linear_not_delegated"] == 0
+    assert report["quantize_ops_delegated"] > 0 and report["dequantize_ops_delegated"] > 0
+    assert report["compute_ops_outside_delegates"] == {}
+
+
+def test_fp32_pte_is_float_and_delegated(exported):
+    report = exported[1]["fp32_pte"]
+    assert report["conv_linear_float_delegated"] == CONV_LINEAR
+    assert report["conv_linear_int8_delegated"] == 0
+    assert report["quantize_ops_delegated"] == 0
+    assert report["compute_ops_outside_delegates"] == {}
+
+
+@pytest.mark.parametrize("name", ["fp32_pte", "fp32_onnx"])
+def test_float_exports_match_pytorch(exported, prepared, reference, name):
+    # batch_size 100 exceeds the programs' bound of 64: the runner must split it.
+    logits = quantization.predict(exported[0][name], prepared.images, SIZE, batch_size=100)
+    assert logits.shape == reference.shape and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["int8_pte", "int8_onnx", "fp16_onnx"])
+def test_reduced_precision_outputs_stay_close_to_float(exported, prepared, reference, name):
+    logits = quantization.predict(exported[0][name], prepared.images, SIZE)
+    diff = np.abs(logits - reference)
+    spread = reference.max() - reference.min()
+    assert np.corrcoef(logits, reference)[0, 1] > 0.99
+    assert np.percentile(diff, 95) < 0.05 * spread
+    assert diff.max() < 0.25 * spread  # an image beyond the calibrated ranges moves more
+    if name != "fp16_onnx":
+        assert diff.max() > 1e-4  # really quantized, not a float copy
+
+
+def test_onnx_int8_runs_int8_kernels_in_onnx_runtime(exported):
+    report = quantization.onnx_ops_report(exported[0]["int8_onnx"])
+    assert report["file"]["conv_gemm_qdq_int8"] == CONV_LINEAR
+    assert report["file"].get("conv_gemm_float", 0) == 0
+    assert report["runtime"] == {"int8_conv_gemm": CONV_LINEAR, "float_conv_gemm": 0, "cast": 0}
+    assert {"INT8", "UINT8"} <= set(report["file"]["initializer_dtypes"])
+
+
+def test_onnx_float_and_fp16_reports(exported):
+    fp32 = quantization.onnx_ops_report(exported[0]["fp32_onnx"])
+    fp16 = quantization.onnx_ops_report(exported[0]["fp16_onnx"])
+    assert fp32["runtime"]["float_conv_gemm"] == CONV_LINEAR
+    assert fp32["runtime"]["int8_conv_gemm"] == 0
+    assert set(fp16["file"]["initializer_dtypes"]) == {"FLOAT16"}
+
+
+def test_int8_files_are_smaller(exported):
+    paths = exported[0]
+    size = {k: p.stat().st_size for k, p in paths.items()}
+    assert size["int8_pte"] < size["fp32_pte"] and size["int8_onnx"] < size["fp32_onnx"]
+
+
+@pytest.mark.parametrize("suffix", [".pte", ".onnx"])
+def test_corrupt_or_wrong_files_raise_an_error_naming_the_file(tmp_path, suffix):
+    corrupt = tmp_path / f"corrupt{suffix}"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    wrong = tmp_path / f"notes{suffix}"
+    wrong.write_text("these are notes, not a model\n" * 20)
+    for path in (corrupt, wrong, tmp_path / f"missing{suffix}"):
+        with pytest.raises(quantization.ModelFileError, match=str(path)):
+            quantization.load_runner(path)
+
+
+def test_truncated_pte_and_unknown_suffix_raise(exported, tmp_path):
+    truncated = tmp_path / "truncated.pte"
+    truncated.write_bytes(exported[0]["fp32_pte"].read_bytes()[:5000])
+    with pytest.raises(quantization.ModelFileError, match=str(truncated)):
+        quantization.load_runner(truncated)
+    other = tmp_path / "model.txt"
+    other.write_text("x")
+    with pytest.raises(quantization.ModelFileError, match="unsupported"):
+        quantization.load_runner(other)
+
+
+def test_runner_rejects_images_of_another_size(exported):
+    run = quantization.load_runner(exported[0]["fp32_pte"], threads=1)
+    with pytest.raises(ValueError, match="takes"):
+        run(np.zeros((1, 3, SIZE + 8, SIZE + 8), np.float32))
+
+
+def test_degradation_bounds_and_choice():
+    params = dataclasses.replace(
+        config.load("quantize", REPO / "params.yaml"), max_auc_drop=0.02, max_ece_change=0.03
+    )
+    ref = {"val_roc_auc": 0.85, "val_ece": 0.05}
+    small = quantization.degradation(ref, {"val_roc_auc": 0.84, "val_ece": 0.07}, params)
+    assert small["val_roc_auc_drop"] == pytest.approx(0.01) and small["within_bounds"]
+    assert not quantization.degradation(ref, {"val_roc_auc": 0.82, "val_ece": 0.05}, params)[
+        "within_bounds"
+    ]
+    assert not quantization.degradation(ref, {"val_roc_auc": 0.85, "val_ece": 0.01}, params)[
+        "within_bounds"
+    ]  # |ECE change| counts both ways
+    ptq = {"within_bounds": False, "val_roc_auc": 0.84, "val_ece": 0.05}
+    qat = {"within_bounds": True, "val_roc_auc": 0.83, "val_ece": 0.05}
+    assert quantization.better(qat, ptq) and not quantization.better(ptq, qat)
+    assert not quantization.better(ptq, ptq)  # a tie keeps the post-training model
+
+
+@pytest.mark.slow  # ~30 s: torchao's QAT conv-BN folding exports 132 pattern graphs
+def test_qat_fine_tunes_and_lowers_to_int8(student, prepared, tmp_path):
+    params = dataclasses.replace(config.load("quantize", REPO / "params.yaml"), qat_epochs=1)
+    images, table = prepared.images[:64], prepared.table.iloc[:64]
+    converted, fit = quantization.qat_int8(
+        student, images, _targets(table), prepared.images, prepared.table["label"].to_numpy(),
+        _recipe(), AUG, params, ece_bins=10,
+    )  # fmt: skip
+    assert fit.best_epoch == 1 and len(fit.history) == 1
+    report = quantization.write_pte(quantization.export(converted, SIZE), tmp_path / "qat.pte")
+    assert report["conv_linear_int8_delegated"] == CONV_LINEAR
+    assert report["compute_ops_outside_delegates"] == {}
+    logits = quantization.predict(tmp_path / "qat.pte", images[:8], SIZE)
+    assert logits.shape == (8,) and np.isfinite(logits).all()
