@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -145,6 +146,7 @@ def peak_ram(path: str | Path, image_size: int) -> dict:
     """
     done = subprocess.run(
         [sys.executable, "-c", _PEAK_RAM_CHILD, str(path), str(image_size)],
+        stdin=subprocess.DEVNULL,  # a child reading a terminal would be stopped (SIGTTIN)
         capture_output=True,
         text=True,
         env=os.environ | {"OMP_NUM_THREADS": "1"},
@@ -222,16 +224,20 @@ def plot_auc_vs_cost(results: dict[str, dict], threads: str, path: str | Path) -
     """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG."""
     # plotting's pyplot, which it has switched to the Agg backend (renders without a display)
     fig, axes = plotting.plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    markers = "osD^vP*Xh<>"
     for ax, key, label in (
         (axes[0], "latency", f"batch-1 median latency, {threads} thread(s) [ms]"),
         (axes[1], "size_mb", "file size [MB]"),
     ):
-        for name, r in results.items():
+        for i, (name, r) in enumerate(results.items()):
             x = r["latency_ms"][threads]["median"] if key == "latency" else r["size_mb"]
-            ax.scatter(x, r["val_roc_auc"], s=40)
-            ax.annotate(name, (x, r["val_roc_auc"]), textcoords="offset points", xytext=(4, 4))
+            ax.scatter(x, r["val_roc_auc"], s=50, marker=markers[i % len(markers)], label=name)
         ax.set(xscale="log", xlabel=label)
-        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("val ROC-AUC (raw)")
+    # Students cluster within a few percent of each other: a legend stays readable, labels do not.
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle("Teacher and students: accuracy against cost on this CPU")
     plotting.save(fig, path)
