@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on a temporary copy of the project with synthetic data."""
 
+import io
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
@@ -90,3 +92,15 @@ def test_mistyped_param_in_exp_run_fails_loudly(project, repro):
     out = _run(["dvc", "exp", "run", "-S", "kd.alpah=0.9"], project)
     assert out.returncode != 0
     assert "kd.alpah" in out.stdout + out.stderr
+
+
+def test_documented_ablation_command_runs_verbatim(project, repro):
+    out = _run(["dvc", "exp", "run", "-S", "kd.alpha=0.9"], project)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Running stage 'distill'" in out.stdout
+    assert "Running stage 'train_teacher'" not in out.stdout  # the teacher is not retrained
+    shown = _run(["dvc", "exp", "show", "--csv"], project)
+    assert shown.returncode == 0
+    table = pd.read_csv(io.StringIO(shown.stdout))
+    experiments = table[table["Experiment"].notna() & (table["rev"] != "workspace")]
+    assert (experiments["kd.alpha"].astype(float) == 0.9).any()
