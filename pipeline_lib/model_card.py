@@ -1,0 +1,367 @@
+"""The model card of the deployed student, written from the pipeline's own reports.
+
+Unlike the other stages, the model_card stage reads ``metrics/*.json``: the card is an end
+point for people that summarises them, and it is regenerated whenever any of them changes.
+Every figure in it comes from those files or from the operating points chosen on val; nothing
+is computed on the test split here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pipeline_lib.operating_point import OperatingPoint
+
+# The evaluate stage's name for each model that ``melanoma-kd predict --model`` offers
+# (the names given to its --exported in dvc.yaml).
+EVALUATE_NAMES = {"float": "student", "int8": "student_int8", "int8-onnx": "student_int8_onnx"}
+BENCHMARK_NAMES = {
+    "float": "student_pytorch",
+    "int8": "student_executorch_int8",
+    "int8-onnx": "student_onnx_int8",
+}
+FILE_KINDS = {
+    "float": "PyTorch checkpoint",
+    "int8": "ExecuTorch program, XNNPACK",
+    "int8-onnx": "ONNX, QDQ",
+}
+REPORTS = (
+    "prepare", "split", "train_teacher", "calibrate", "distill", "quantize", "evaluate", "benchmark",
+)  # fmt: skip
+
+
+class ConsistencyError(ValueError):
+    """The operating points disagree with the evaluate stage's figures (a stale report)."""
+
+
+# The float student is compared exactly. An ExecuTorch int8 program gives slightly different
+# logits with another thread count (measured: val ROC-AUC 0.86112 with 1 thread, 0.86116 with
+# 2), so exports get a tolerance that still catches another model's figures.
+TOLERANCE = {"float": 1e-5, "export": 2e-3}
+
+
+def _close(a: float, b: float, tol: float) -> bool:
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol / 10)
+
+
+def check_against_evaluate(points: dict[str, OperatingPoint], evaluate: dict) -> None:
+    """The val choices here must be the ones the evaluate stage made from the same val scores.
+
+    The float student's temperature and both of its thresholds, and each export's threshold on
+    its raw probability, are compared with ``evaluate.json``.
+
+    Raises:
+        ConsistencyError: listing every figure that differs.
+    """
+    wrong = []
+
+    def compare(what: str, ours: float, theirs: float) -> None:
+        if not _close(ours, theirs, tol):
+            wrong.append(f"{what}: {ours:.6g} here, {theirs:.6g} in evaluate.json")
+
+    for name, op in points.items():
+        tol = TOLERANCE["float" if name == "float" else "export"]
+        entry = evaluate[EVALUATE_NAMES[name]]
+        compare(
+            f"{name} raw threshold", op.threshold_raw, entry["at_target_sensitivity"]["threshold"]
+        )
+        compare(f"{name} val ROC-AUC", op.val_roc_auc, entry["val_roc_auc"])
+        if name == "float":
+            calibrated = evaluate["student_calibrated"]
+            compare("float temperature", op.temperature, calibrated["temperature"])
+            threshold = calibrated["at_target_sensitivity"]["threshold"]
+            compare("float calibrated threshold", op.threshold, threshold)
+    if wrong:
+        raise ConsistencyError(
+            "operating points differ from evaluate.json (rerun `dvc repro`): " + "; ".join(wrong)
+        )
+
+
+def _f(value, fmt: str = ".3f") -> str:
+    """A number for a table; ``-`` for a missing or undefined one."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _ci(entry: dict, key: str) -> str:
+    low, high = entry.get(f"{key}_low"), entry.get(f"{key}_high")
+    if _f(low) == "-" or _f(high) == "-":
+        return _f(entry.get(key))
+    return f"{_f(entry[key])} [{_f(low)}, {_f(high)}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _model(points: dict[str, OperatingPoint], r: dict) -> list[str]:
+    distill, quantize, bench = r["distill"], r["quantize"], r["benchmark"]["models"]
+    op = points["float"]
+    qat = quantize.get("qat", {}).get("used")
+    pte_method = "quantization-aware training" if qat else "post-training static quantization"
+    lines = [
+        "## Model",
+        "",
+        f"- **What**: a {distill['arch']} image classifier ({distill['params'] / 1e6:.2f}M "
+        f"parameters, task `{op.task}`) that gives the probability that a dermoscopy photo of "
+        f"one skin lesion shows a melanoma. The whole photo is resized to a "
+        f"{op.image_size} x {op.image_size} RGB square; the logit is divided by a temperature "
+        "fitted on the validation split (calibrated probability), and the decision compares "
+        "that probability with a threshold chosen on the validation split.",
+        f"- **Training**: from scratch (no pretrained weights) on the HAM10000 train split, "
+        f"distilled from a {distill['teacher_arch']} teacher (KD temperature "
+        f"{distill['kd_temperature']:g}, alpha {distill['kd_alpha']:g}, teacher calibrated "
+        f"with T = {distill['teacher_temperature']:.3f}); {distill['epochs_run']} epochs, best "
+        f"epoch {distill['best_epoch']} by val ROC-AUC, {distill['train_seconds'] / 60:.1f} min "
+        f"on a 2-core CPU. The int8 `.pte` comes from it by {pte_method}, the int8 ONNX by "
+        "post-training static quantization.",
+        "",
+    ]
+    rows = []
+    for name, op in points.items():
+        b = bench.get(BENCHMARK_NAMES[name], {})
+        latency = b.get("latency_ms", {})
+        rows.append(
+            [f"`{name}`", FILE_KINDS[name], f"`{op.file}`", _f(b.get("size_mb"), ".2f"),
+             _f(latency.get("1", {}).get("median"), ".2f"),
+             _f(latency.get("2", {}).get("median"), ".2f"), _f(b.get("peak_ram_mb"), ".0f")]
+        )  # fmt: skip
+    header = ["`--model`", "runtime", "file", "size (MB)", "latency 1 thread (ms)"]
+    lines += _table([*header, "latency 2 threads (ms)", "peak RAM of the process (MB)"], rows)
+    lines += [
+        "Batch-1 median latency on the benchmark machine (2-core CPU, `metrics/benchmark.json`). "
+        "Peak RAM counts the Python runtime and its libraries, not only the model.",
+        "",
+    ]
+    return lines
+
+
+def _intended_use() -> list[str]:
+    return [
+        "## Intended use",
+        "",
+        "- **For**: research and teaching on distilling and quantizing a melanoma classifier "
+        "for phones; trying the model on HAM10000-like dermoscopy photos with "
+        "`melanoma-kd predict` or `melanoma-kd serve`.",
+        "- **Not for**: diagnosing, screening or triaging people, or any clinical decision. "
+        "**This is a research tool, not a diagnosis.** A lesion of concern needs a "
+        "dermatologist, whatever the model says.",
+        "- **Inputs it was not built for**: phone or clinical (non-dermoscopic) photos, several "
+        "lesions in one photo, non-pigmented lesions outside the seven HAM10000 diagnoses, "
+        "skin types under-represented in HAM10000.",
+        "",
+    ]
+
+
+def _data(r: dict) -> list[str]:
+    prep, split = r["prepare"], r["split"]
+    dx = ", ".join(f"{k} {v}" for k, v in prep["dx_counts"].items())
+    lines = [
+        "## Data",
+        "",
+        f"HAM10000 (Tschandl et al., 2018): {prep['images']:,} dermoscopy images of "
+        f"{prep['lesions']:,} lesions, {prep['melanoma_images']:,} of them melanoma "
+        f"({dx}). Diagnoses were confirmed by histopathology, follow-up, expert consensus or "
+        "confocal microscopy, depending on the lesion.",
+        "",
+        f"Split by lesion (all images of a lesion on one side), stratified by melanoma, seed "
+        f"{split['seed']}:",
+        "",
+    ]
+    rows = [
+        [part, f"{split[part]['images']:,}", f"{split[part]['lesions']:,}",
+         f"{split[part]['melanoma_images']:,}", f"{split[part]['melanoma_share']:.1%}"]
+        for part in ("train", "val", "test")
+    ]  # fmt: skip
+    return lines + _table(["split", "images", "lesions", "melanomas", "melanoma share"], rows)
+
+
+def _operating_points(points: dict[str, OperatingPoint]) -> list[str]:
+    op = next(iter(points.values()))
+    lines = [
+        "## Operating point (chosen on the validation split)",
+        "",
+        f"Each file gets its own temperature (fitted on its val logits) and threshold: the "
+        f"highest one whose val sensitivity reaches {op.target_sensitivity:.0%} "
+        f"({op.n_val:,} val images, {op.n_val_melanoma} melanomas). `melanoma-kd predict` and "
+        "the web page print the calibrated probability and call a photo melanoma-suspicious "
+        "at or above this threshold.",
+        "",
+    ]
+    rows = [
+        [f"`{name}`", f"{p.temperature:.3f}", f"{p.threshold:.4f}", f"{p.val_sensitivity:.3f}",
+         f"{p.val_specificity:.3f}", f"{p.val_roc_auc:.3f}", f"{p.val_ece_raw:.3f} -> {p.val_ece:.3f}"]
+        for name, p in points.items()
+    ]  # fmt: skip
+    header = ["`--model`", "temperature", "threshold (calibrated p)", "val sensitivity"]
+    return lines + _table(
+        [*header, "val specificity", "val ROC-AUC", "val ECE raw -> calibrated"], rows
+    )
+
+
+def _test(points: dict[str, OperatingPoint], evaluate: dict) -> list[str]:
+    shown = {
+        evaluate["best_baseline_by_val"]: "best baseline (by val)",
+        "teacher_calibrated": "teacher, calibrated",
+        "student_calibrated": "`float` student, calibrated",
+    } | {EVALUATE_NAMES[n]: f"`{n}` student" for n in points if n != "float"}
+    lines = [
+        "## Test results",
+        "",
+        f"Holdout test split: {evaluate['n_test']:,} images, {evaluate['n_test_melanoma']} "
+        f"melanomas, {evaluate['n_test_lesions']:,} lesions, never used to choose anything. "
+        f"95% confidence intervals from {evaluate['bootstrap']:,} bootstrap resamples of "
+        "lesions. Sensitivity and specificity at each model's threshold chosen on val.",
+        "",
+    ]
+    rows = []
+    for key, label in shown.items():
+        m = evaluate[key]
+        op = m["at_target_sensitivity"]
+        rows.append(
+            [label, _ci(m, "roc_auc"), _ci(m, "pr_auc"), _ci(m, "ece"),
+             _ci(op, "sensitivity"), _ci(op, "specificity"), _f(op.get("precision"))]
+        )  # fmt: skip
+    header = ["model", "ROC-AUC", "PR-AUC", "ECE", "sensitivity", "specificity", "precision"]
+    lines += _table(header, rows)
+    lines += [
+        "The exported students' ECE here is before their own temperature (which `predict` "
+        "applies); their val ECE after it is in the operating-point table.",
+        "",
+    ]
+    paired = evaluate.get("paired_teacher_vs_student", {})
+    for name in points:
+        d = paired.get(EVALUATE_NAMES[name])
+        if d:
+            lines.append(
+                f"- Teacher minus `{name}` student, test ROC-AUC (paired lesion bootstrap): "
+                f"{_ci(d, 'roc_auc_difference')}, p = {_f(d['p_value'])}."
+            )
+    return lines + [""]
+
+
+def _subgroups(evaluate: dict) -> list[str]:
+    groups = evaluate["subgroups"]
+    model = next(
+        (EVALUATE_NAMES[n] for n in ("int8", "float") if EVALUATE_NAMES[n] in groups), None
+    )
+    if model is None:
+        return []
+    lines = [
+        "## Subgroups (test split)",
+        "",
+        f"`{model}` at its val-chosen threshold, by sex, age band and body site. Groups marked "
+        "**small** have too few images or melanomas (`evaluate.min_subgroup` in params.yaml, "
+        "5 melanomas) for their figures to mean anything; no intervals are computed per group, "
+        "so the others differ partly by chance too.",
+        "",
+    ]
+    rows = []
+    for attribute, by_group in groups[model].items():
+        for group, g in by_group.items():
+            rows.append(
+                [attribute, group, str(g["n_images"]), str(g["n_melanoma"]), _f(g["roc_auc"]),
+                 _f(g["sensitivity"]), _f(g["specificity"]), "**small**" if g["small"] else ""]
+            )  # fmt: skip
+    header = ["attribute", "group", "images", "melanomas", "ROC-AUC", "sensitivity"]
+    return lines + _table([*header, "specificity", "flag"], rows)
+
+
+def _shift(evaluate: dict) -> tuple[list[str], list[str]]:
+    """The shift table, and the perturbations that cost the most (for the limits)."""
+    tables = evaluate["shift"]
+    names = list(tables)
+    keys = [k for k in tables[names[0]] if k != "clean"]
+    lines = [
+        "## Robustness to acquisition shift (test split)",
+        "",
+        "Test ROC-AUC change when every test photo is perturbed (level 1 mild, 2 strong), and "
+        "sensitivity at the unchanged val threshold:",
+        "",
+    ]
+    rows = [
+        [k, *(f"{_f(tables[n][k]['roc_auc_change'], '+.3f')} (sens {_f(tables[n][k]['sensitivity'], '.2f')})"
+              for n in names)]
+        for k in keys
+    ]  # fmt: skip
+    lines += _table(["perturbation", *names], rows)
+    deployed = names[-1]
+    changes = {k: tables[deployed][k]["roc_auc_change"] for k in keys}
+    worst = sorted((k for k in keys if _f(changes[k]) != "-"), key=lambda k: changes[k])[:2]
+    return lines, [f"{k} ({changes[k]:+.3f})" for k in worst]
+
+
+def _limits(points: dict[str, OperatingPoint], evaluate: dict, worst: list[str]) -> list[str]:
+    deployed = next(iter(points))
+    op = evaluate[EVALUATE_NAMES[deployed]]["at_target_sensitivity"]
+    precision = op.get("precision")
+    false_alarms = "-" if _f(precision) == "-" else f"{1 - precision:.0%}"
+    small = sorted(
+        {f"{attribute}: {group}"
+         for by_attribute in evaluate["subgroups"].values()
+         for attribute, groups in by_attribute.items()
+         for group, g in groups.items() if g["small"]}
+    )  # fmt: skip
+    lines = [
+        "## Limits",
+        "",
+        "- **Research tool, not a diagnosis.** No regulator has reviewed it; do not use it on "
+        "patients.",
+        "- **One data set, no external validation**: trained from scratch on HAM10000 only "
+        "(dermoscopy from two centres, Vienna and Queensland, mostly fair skin; skin type is not "
+        "recorded). Its figures on other cameras, clinics or populations are unknown.",
+        f"- **Many false alarms by design**: at the operating point "
+        f"({points[deployed].target_sensitivity:.0%} sensitivity on val) the `{deployed}` "
+        f"student's test sensitivity is {_ci(op, 'sensitivity')} and its specificity "
+        f"{_ci(op, 'specificity')}: about {false_alarms} of the photos it calls suspicious are "
+        "not melanomas, and some melanomas are still missed.",
+    ]
+    if worst:
+        lines.append(
+            f"- **Acquisition shift**: the largest test ROC-AUC losses come from {' and '.join(worst)}; "
+            "phone photos differ from dermoscopy in exactly these ways."
+        )
+    if small:
+        lines.append(
+            "- **Small subgroups** (figures too noisy to trust): " + ", ".join(small) + "."
+        )
+    lines += [
+        "- **Heat maps are not explanations a clinician can rely on**: Grad-CAM shows where the "
+        "float student's evidence for melanoma lies, at the coarse resolution of its last "
+        "feature map; it is drawn from the float model even when an int8 one scores the photo.",
+        "",
+    ]
+    return lines
+
+
+def markdown(points: dict[str, OperatingPoint], reports: dict[str, dict]) -> str:
+    """The model card.
+
+    Args:
+        points: the operating point of each ``--model`` name, the deployed one (``int8``) first.
+        reports: the pipeline's reports by stage name (:data:`REPORTS`): ``metrics/<stage>.json``
+            and, for ``split``, ``data/split/split_metadata.json``.
+    """
+    missing = [name for name in REPORTS if name not in reports]
+    if missing:
+        raise ValueError(f"model card needs the reports of {missing}")
+    evaluate = reports["evaluate"]
+    shift, worst = _shift(evaluate)
+    lines = [
+        "# Model card: melanoma-kd student",
+        "",
+        "Generated by the `model_card` stage (`dvc repro model_card`) from the pipeline's "
+        "reports; edit `pipeline_lib/model_card.py`, not this file.",
+        "",
+        *_model(points, reports),
+        *_intended_use(),
+        *_data(reports),
+        *_operating_points(points),
+        *_test(points, evaluate),
+        *_subgroups(evaluate),
+        *shift,
+        *_limits(points, evaluate, worst),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
