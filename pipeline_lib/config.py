@@ -127,6 +127,11 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if origin in (list, tuple):
         (item,) = typing.get_args(annotation)[:1]
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        return isinstance(value, dict) and all(
+            _type_ok(k, key_type) and _type_ok(v, value_type) for k, v in value.items()
+        )
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
@@ -136,6 +141,11 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, annotation)
+
+
+def value_matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a schema annotation, by the same rules as :func:`from_dict`."""
+    return _type_ok(value, annotation)
 
 
 def from_dict(cls: type, values: Any, where: str) -> Any:
@@ -206,6 +216,28 @@ class EvaluateParams:
     gallery_size: int
 
 
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Optuna search over params.yaml keys; every trial is one ``dvc exp run <stage>``.
+
+    ``space`` maps a dotted params key to ``{low, high[, log]}`` or ``{choices}``
+    (checked by :func:`pipeline_lib.search.parse_space`); ``fixed`` sets keys for every trial.
+    """
+
+    stage: str
+    trials: int
+    seed: int
+    storage: str  # Optuna storage URL; "" = a SQLite file under data/search/
+    study_name: str
+    pruner_startup_trials: int
+    pruner_warmup_epochs: int
+    fixed: dict[str, Scalar]
+    space: dict[str, dict[str, float | bool | list[Scalar]]]
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "prepare": PrepareParams,
@@ -220,6 +252,7 @@ SECTIONS: dict[str, type] = {
     "quantize": QuantizeParams,
     "benchmark": BenchmarkParams,
     "evaluate": EvaluateParams,
+    "search": SearchParams,
 }
 
 

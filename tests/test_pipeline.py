@@ -23,6 +23,11 @@ TINY = {
     "quantize": {"calibration_images": 16, "qat_epochs": 1},
     "benchmark": {"warmup": 1, "runs": 3, "threads": [1], "throughput_batch": 4},
     "evaluate": {"bootstrap": 20, "gallery_size": 2},
+    "search": {
+        "study_name": "tiny",
+        "fixed": {"distill.epochs": 1},
+        "space": {"kd.alpha": {"low": 0.0, "high": 1.0}, "distill.lr": {"choices": [0.001, 0.003]}},
+    },
 }
 
 
@@ -104,3 +109,28 @@ def test_documented_ablation_command_runs_verbatim(project, repro):
     table = pd.read_csv(io.StringIO(shown.stdout))
     experiments = table[table["Experiment"].notna() & (table["rev"] != "workspace")]
     assert (experiments["kd.alpha"].astype(float) == 0.9).any()
+
+
+def test_search_trials_are_dvc_experiments(project, repro):
+    params_before = (project / "params.yaml").read_text()
+    out = _run([sys.executable, "-m", "pipeline_lib.search", "--trials", "2"], project)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "dvc exp apply tiny-trial-" in out.stdout
+    assert (project / "params.yaml").read_text() == params_before  # workspace put back
+    shown = _run(["dvc", "exp", "show", "--csv"], project)
+    table = pd.read_csv(io.StringIO(shown.stdout))
+    trials = table[table["Experiment"].isin(["tiny-trial-0", "tiny-trial-1"])]
+    assert len(trials) == 2
+    assert trials["distill.epochs"].astype(int).eq(1).all()
+    assert trials["kd.alpha"].astype(float).between(0, 1).all()
+    report = pd.read_csv(project / "plots/search/trials.csv")
+    assert list(report["state"]) == ["COMPLETE", "COMPLETE"]
+    by_name = dict(
+        zip(
+            trials["Experiment"],
+            trials["metrics/distill.json:val_roc_auc"].astype(float),
+            strict=True,
+        )
+    )
+    for row in report.itertuples():
+        assert row.val_roc_auc == pytest.approx(by_name[row.experiment])
