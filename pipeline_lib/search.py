@@ -142,20 +142,28 @@ def overrides(values: dict[str, Any]) -> list[str]:
 
 
 def read_curve(path: Path) -> list[tuple[int, float]]:
-    """Per-epoch ``(step, value)`` rows of a dvclive metric TSV, ignoring a partial last line."""
+    """Per-epoch ``(step, value)`` rows of a dvclive metric TSV, ignoring a partial last line.
+
+    dvclive writes a header (``step``, the metric, and ``timestamp`` in some versions) and one
+    row per step; the value is the column named after the file.
+    """
     if not path.exists():
         return []
     text = path.read_text()
-    lines = text.splitlines()[1:]
-    if lines and not text.endswith("\n"):
+    lines = text.splitlines()
+    if not lines:
+        return []
+    if not text.endswith("\n"):
         lines = lines[:-1]  # still being written
+    header = lines[0].split("\t")
+    if "step" not in header or path.stem not in header:
+        raise SearchError(f"{path}: expected columns 'step' and '{path.stem}', got {header}")
+    step_at, value_at = header.index("step"), header.index(path.stem)
     rows = []
-    for line in lines:
+    for line in lines[1:]:
         parts = line.split("\t")
-        if len(parts) < 3:
-            continue
-        with contextlib.suppress(ValueError):
-            rows.append((int(parts[1]), float(parts[2])))
+        with contextlib.suppress(ValueError, IndexError):
+            rows.append((int(parts[step_at]), float(parts[value_at])))
     return rows
 
 
@@ -186,7 +194,13 @@ def run_monitored(
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A search started with nohup or `&` passes SIGINT ignored to its children; the
+            # trial must get it so DVC can stop cleanly when pruned.
+            preexec_fn=_default_sigint,
         )
         while True:
             finished = proc.poll() is not None
@@ -208,6 +222,10 @@ def run_monitored(
     return True
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
@@ -219,15 +237,29 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def _files(dirs: tuple[str, ...]) -> list[Path]:
+    return [f for d in dirs for f in Path(d).rglob("*") if f.is_file()]
+
+
 @contextlib.contextmanager
-def restored_workspace(files: tuple[str, ...] = ("params.yaml", "dvc.lock")) -> Iterator[None]:
-    """Put ``files`` back as they were (then ``dvc checkout``) after a workspace experiment."""
-    saved = {name: Path(name).read_bytes() for name in files if Path(name).exists()}
+def restored_workspace(dirs: tuple[str, ...] = ("metrics", "plots")) -> Iterator[None]:
+    """Put the workspace back as it was after a workspace experiment.
+
+    params.yaml, dvc.lock and every file under ``dirs`` (the stages' ``cache: false`` metrics
+    and plots, which DVC cannot restore from its cache) get their previous content back, files
+    the experiment added there are removed, and ``dvc checkout`` restores the cached outputs.
+    """
+    files = [Path("params.yaml"), Path("dvc.lock"), *_files(dirs)]
+    saved = {f: f.read_bytes() for f in files if f.exists()}
     try:
         yield
     finally:
-        for name, content in saved.items():
-            Path(name).write_bytes(content)
+        for f in _files(dirs):
+            if f not in saved:
+                f.unlink()
+        for f, content in saved.items():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(content)
         subprocess.run(["dvc", "checkout", "--quiet", "--force"], check=False)
 
 

@@ -125,6 +125,9 @@ def test_search_trials_are_dvc_experiments(project, repro):
     assert trials["kd.alpha"].astype(float).between(0, 1).all()
     report = pd.read_csv(project / "plots/search/trials.csv")
     assert list(report["state"]) == ["COMPLETE", "COMPLETE"]
+    assert (report["epochs_reported"] == 1).all()  # the per-epoch curve reached the pruner
+    status = _run(["dvc", "status"], project)
+    assert "up to date" in status.stdout, status.stdout  # metrics and plots put back too
     by_name = dict(
         zip(
             trials["Experiment"],

@@ -38,10 +38,10 @@ values = dict(a.split("=", 1) for a in args if "=" in a)
 alpha = float(values["kd.alpha"])
 curve = Path("plots/distill/plots/metrics/val/roc_auc.tsv")
 curve.parent.mkdir(parents=True, exist_ok=True)
-curve.write_text("timestamp\tstep\troc_auc\n")
+curve.write_text("step\troc_auc\n")
 for step in range(int(values["distill.epochs"])):
     with curve.open("a") as f:
-        f.write(f"0\t{{step}}\t{{alpha}}\n")
+        f.write(f"{{step}}\t{{alpha}}\n")
     time.sleep(0.6)
 Path("metrics").mkdir(exist_ok=True)
 Path("metrics/distill.json").write_text(json.dumps({{"val_roc_auc": alpha}}))
@@ -110,8 +110,13 @@ def test_overrides_are_exact_yaml_literals():
 def test_read_curve_skips_header_and_a_line_still_being_written(tmp_path):
     path = tmp_path / "roc_auc.tsv"
     assert search.read_curve(path) == []
-    path.write_text("timestamp\tstep\troc_auc\n1\t0\t0.61\n2\t1\t0.7")
+    path.write_text("step\troc_auc\n0\t0.61\n1\t0.7")  # dvclive 3.49's layout
     assert search.read_curve(path) == [(0, 0.61)]
+    path.write_text("timestamp\tstep\troc_auc\n1\t0\t0.61\n2\t1\t0.7\n")
+    assert search.read_curve(path) == [(0, 0.61), (1, 0.7)]
+    path.write_text("step\tpr_auc\n0\t0.5\n")
+    with pytest.raises(search.SearchError, match="expected columns 'step' and 'roc_auc'"):
+        search.read_curve(path)
 
 
 def _fake_trainer(tmp_path: Path, epochs: int, pause: float) -> list[str]:
@@ -119,10 +124,10 @@ def _fake_trainer(tmp_path: Path, epochs: int, pause: float) -> list[str]:
     script.write_text(
         "import sys, time\n"
         f"for step in range({epochs}):\n"
-        f"    open({str(tmp_path / 'c.tsv')!r}, 'a').write(f'0\\t{{step}}\\t0.5\\n')\n"
+        f"    open({str(tmp_path / 'roc_auc.tsv')!r}, 'a').write(f'{{step}}\\t0.5\\n')\n"
         f"    time.sleep({pause})\n"
     )
-    (tmp_path / "c.tsv").write_text("timestamp\tstep\troc_auc\n")
+    (tmp_path / "roc_auc.tsv").write_text("step\troc_auc\n")
     return [sys.executable, str(script)]
 
 
@@ -130,7 +135,7 @@ def test_run_monitored_reports_every_epoch_when_not_pruned(tmp_path):
     seen = []
     finished = search.run_monitored(
         _fake_trainer(tmp_path, 3, 0.05),
-        tmp_path / "c.tsv",
+        tmp_path / "roc_auc.tsv",
         lambda step, value: seen.append((step, value)) is not None,
         poll_seconds=0.02,
     )
@@ -141,13 +146,13 @@ def test_run_monitored_reports_every_epoch_when_not_pruned(tmp_path):
 def test_run_monitored_stops_the_process_when_told_to_prune(tmp_path):
     start = time.monotonic()
     finished = search.run_monitored(
-        _fake_trainer(tmp_path, 200, 0.1), tmp_path / "c.tsv", lambda s, v: s >= 1, 0.02
+        _fake_trainer(tmp_path, 200, 0.1), tmp_path / "roc_auc.tsv", lambda s, v: s >= 1, 0.02
     )
     assert not finished
     assert time.monotonic() - start < 10  # 200 epochs would take 20 s
-    steps = len(search.read_curve(tmp_path / "c.tsv"))
+    steps = len(search.read_curve(tmp_path / "roc_auc.tsv"))
     time.sleep(0.3)
-    assert len(search.read_curve(tmp_path / "c.tsv")) == steps  # nothing is writing any more
+    assert len(search.read_curve(tmp_path / "roc_auc.tsv")) == steps  # nothing is writing any more
 
 
 def test_run_monitored_raises_with_the_output_of_a_failed_command(tmp_path):
