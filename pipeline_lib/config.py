@@ -18,6 +18,7 @@ import yaml
 
 Task = Literal["binary", "dx"]
 LossName = Literal["bce", "focal", "ce"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class ParamsError(ValueError):
@@ -97,8 +98,20 @@ class TrainParams:
     focal_gamma: float
     oversample_melanoma: float
     bf16: bool
+    device: Device
     seed: int
     max_train_images: int
+
+
+@dataclass(frozen=True)
+class TeacherParams(TrainParams):
+    """The teacher's run; ``ensemble`` members train with seeds ``seed .. seed + ensemble - 1``."""
+
+    ensemble: int
+
+    def __post_init__(self):
+        if self.ensemble < 1:
+            raise ParamsError(f"train_teacher.ensemble must be >= 1, got {self.ensemble}")
 
 
 @dataclass(frozen=True)
@@ -245,7 +258,7 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesParams,
     "metrics": MetricsParams,
     "augment": AugmentParams,
-    "train_teacher": TrainParams,
+    "train_teacher": TeacherParams,
     "calibrate": CalibrateParams,
     "kd": KDParams,
     "distill": TrainParams,

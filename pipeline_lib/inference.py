@@ -18,12 +18,16 @@ def to_input(batch: torch.Tensor | np.ndarray, image_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: np.ndarray, image_size: int, batch_size: int = 256
+    model: nn.Module,
+    images: np.ndarray,
+    image_size: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Logits of ``model`` (in eval mode) for every image; ``(N,)`` or ``(N, C)`` float32."""
+    """Logits of ``model`` (in eval mode, on ``device``) for every image; ``(N,)`` or ``(N, C)``."""
     model.eval()
     outs = [
-        model(to_input(images[i : i + batch_size], image_size)).float()
+        model(to_input(images[i : i + batch_size], image_size).to(device)).float().cpu()
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(outs).numpy().astype(np.float32)

@@ -8,6 +8,7 @@ ExecuTorch) need no separate preprocessing beyond resizing and dividing by 255.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import nn
@@ -93,6 +95,27 @@ class Classifier(nn.Module):
         return logits[:, 0] if self.task == "binary" else logits
 
 
+class Ensemble(nn.Module):
+    """Several classifiers of one task averaged in probability; outputs logits of that average.
+
+    Binary: ``logit(mean_i sigmoid(z_i))``; dx: ``log(mean_i softmax(z_i))``, whose softmax is
+    the mean of the members' probabilities. A teacher ensemble is a drop-in teacher.
+    """
+
+    def __init__(self, members: list[Classifier]):
+        super().__init__()
+        if not members or len({m.task for m in members}) != 1:
+            raise ValueError("an ensemble needs at least one member, all of one task")
+        self.members = nn.ModuleList(members)
+        self.task = members[0].task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.stack([m(x).float() for m in self.members])
+        if self.task == "binary":  # log mean p - log mean (1 - p); the log n cancels
+            return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
+        return torch.logsumexp(torch.log_softmax(z, -1), 0) - math.log(len(self.members))
+
+
 def create(
     arch: str,
     task: str = "binary",
@@ -152,9 +175,13 @@ def load_backbone_weights(model: Classifier, path: str | os.PathLike, arch: str)
     model.backbone.load_state_dict(fitting, strict=False)
 
 
-def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, model: Classifier | Ensemble, meta: dict[str, Any]
+) -> None:
     """Write ``model`` with everything needed to rebuild it (atomically)."""
     blob = dict(meta)
+    if isinstance(model, Ensemble):
+        blob["members"] = len(model.members)
     blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     missing = [k for k in CHECKPOINT_KEYS if k not in blob]
     if missing:
@@ -163,8 +190,11 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict[str, 
         torch.save(blob, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild a model from a checkpoint written by :func:`save_checkpoint` (in eval mode)."""
+def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint` (in eval mode).
+
+    A checkpoint with ``members: n > 1`` in its metadata holds an :class:`Ensemble` of ``arch``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
@@ -176,7 +206,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict[str, Any]
         raise CheckpointError(
             f"{path} is not a melanoma-kd checkpoint (expected keys {list(CHECKPOINT_KEYS)})"
         )
-    model = create(blob["arch"], blob["task"], blob["global_pool"], blob["drop_rate"])
+    members = [
+        create(blob["arch"], blob["task"], blob["global_pool"], blob["drop_rate"])
+        for _ in range(blob.get("members", 1))
+    ]
+    model = members[0] if len(members) == 1 else Ensemble(members)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:

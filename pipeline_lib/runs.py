@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from pipeline_lib import artifacts, data, models, tracking, training
+from pipeline_lib import (
+    artifacts,
+    data,
+    distributed,
+    inference,
+    metrics,
+    models,
+    tracking,
+    training,
+)
 from pipeline_lib.config import AugmentParams, TrainParams
 
 
@@ -35,8 +46,26 @@ def targets(table: pd.DataFrame) -> training.Batch:
     )
 
 
+def _fit_member(
+    model: nn.Module,
+    objective: training.Objective,
+    params: TrainParams,
+    aug: AugmentParams,
+    ece_bins: int,
+    train: data.Prepared,
+    val: data.Prepared,
+    live_dir: Path,
+) -> training.FitResult:
+    args = (model, objective, train.images, targets(train.table), val.images,
+            val.table["label"].to_numpy(), params, aug, ece_bins)  # fmt: skip
+    if not distributed.setup(params.device).is_main:  # under torchrun, rank 0 writes everything
+        return training.fit(*args, progress=False)
+    with tracking.open_live(str(live_dir)) as live:
+        return training.fit(*args, tracking.epoch_logger(live))
+
+
 def train_and_save(
-    model: models.Classifier,
+    members: list[models.Classifier],
     objective: training.Objective,
     params: TrainParams,
     aug: AugmentParams,
@@ -48,16 +77,45 @@ def train_and_save(
     live_dir: str | Path,
     extra_metrics: dict | None = None,
 ) -> training.FitResult:
-    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics."""
+    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics.
+
+    Member ``k`` of ``members`` trains with seed ``params.seed + k`` (its dvclive curves under
+    ``live_dir/member<k>`` for ``k > 0``); several members are saved as one
+    :class:`~pipeline_lib.models.Ensemble` checkpoint, scored on val as the ensemble.
+    """
     train = subsample(
         load_split(prepared, split_dir, "train"), params.max_train_images, params.seed
     )
     val = load_split(prepared, split_dir, "val")
-    with tracking.open_live(str(live_dir)) as live:
-        result = training.fit(
-            model, objective, train.images, targets(train.table), val.images,
-            val.table["label"].to_numpy(), params, aug, ece_bins, tracking.epoch_logger(live),
+    fits = [
+        _fit_member(
+            model,
+            objective,
+            dataclasses.replace(params, seed=params.seed + k),
+            aug,
+            ece_bins,
+            train,
+            val,
+            Path(live_dir) / (f"member{k}" if k else ""),
         )  # fmt: skip
+        for k, model in enumerate(members)
+    ]
+    result = fits[0]
+    if result.rank != 0:
+        return result
+    if len(fits) > 1:
+        ensemble = models.Ensemble([f.model for f in fits]).eval()
+        z = inference.predict_logits(ensemble, val.images, params.image_size)
+        probs = models.melanoma_probability(z, params.task)
+        result = dataclasses.replace(
+            result,
+            model=ensemble,
+            val_logits=z,
+            best_metrics=metrics.summary(
+                val.table["label"].to_numpy(), probs, ece_bins, prefix="val_"
+            ),
+            seconds=sum(f.seconds for f in fits),
+        )
     out_dir = Path(out_dir)
     meta = {
         "arch": params.arch,
@@ -82,5 +140,11 @@ def train_and_save(
         **{k: v for k, v in best.items() if k.startswith("val_")},
         **(extra_metrics or {}),
     }
+    if len(fits) > 1:
+        summary |= {
+            "members": len(fits),
+            "member_val_roc_auc": [round(f.best_metrics["val_roc_auc"], 4) for f in fits],
+            "member_best_epoch": [f.best_epoch for f in fits],
+        }
     artifacts.write_json(metrics_path, summary)
     return result

@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from tqdm import tqdm
 
-from pipeline_lib import augment, losses, metrics
+from pipeline_lib import augment, distributed, losses, metrics
 from pipeline_lib.config import AugmentParams, TrainParams
 from pipeline_lib.inference import predict_logits
 from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
@@ -31,6 +31,10 @@ class Batch:
 
     label: torch.Tensor
     dx: torch.Tensor
+
+    def take(self, rows: torch.Tensor | slice, device: torch.device) -> Batch:
+        """The targets of ``rows``, on ``device``."""
+        return Batch(self.label[rows].to(device), self.dx[rows].to(device))
 
 
 def task_target(task: str, batch: Batch) -> torch.Tensor:
@@ -61,6 +65,10 @@ class Supervised:
         self.task = task
         self.loss_fn = losses.LOSSES[loss]
         self.kwargs = {"pos_weight": pos_weight, "gamma": focal_gamma}
+
+    def to(self, device: torch.device) -> Supervised:
+        """Put whatever the objective holds on ``device`` (nothing for hard labels)."""
+        return self
 
     def hard(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss_fn(logits.float(), task_target(self.task, batch), **self.kwargs)
@@ -109,6 +117,10 @@ class Distillation(Supervised):
             teacher_temperature,
         )
 
+    def to(self, device: torch.device) -> Distillation:
+        self.teacher = self.teacher.to(device, memory_format=torch.channels_last)
+        return self
+
     def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         student = model(x)
         hard = self.hard(student, batch)
@@ -126,6 +138,7 @@ class Distillation(Supervised):
         return {"loss": loss, "hard": hard.detach(), "soft": soft.detach()}
 
 
+PARTS = ("loss", "hard", "soft")
 Objective = Callable[[nn.Module, torch.Tensor, Batch], dict[str, torch.Tensor]]
 
 
@@ -140,6 +153,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    rank: int = 0
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -174,57 +188,78 @@ def fit(
 ) -> FitResult:
     """Train ``model`` with AdamW, warm-up + cosine, clipping and early stopping on val ROC-AUC.
 
+    Runs on ``params.device`` (bf16 autocast on CUDA) and, under ``torchrun``, in
+    DistributedDataParallel: every rank augments the same global batch of ``params.batch_size``
+    and trains on its slice (:mod:`pipeline_lib.distributed`).
+
     Args:
         train_images: uint8 ``(N, 3, H, W)``; augmented per batch to ``params.image_size``.
         val_labels: melanoma labels of ``val_images``; the best epoch is chosen on them.
-        log: called once per epoch with that epoch's figures (e.g. dvclive).
+        log: called once per epoch with that epoch's figures (e.g. dvclive), on rank 0 only.
     """
+    ctx = distributed.setup(params.device)
+    main = ctx.is_main
     g = torch.Generator().manual_seed(params.seed)
     images = torch.from_numpy(np.ascontiguousarray(train_images))
     labels = train_targets.label.numpy()
     steps_per_epoch = math.ceil(len(images) / params.batch_size)
+    if 0 < len(images) % params.batch_size < ctx.world_size:
+        steps_per_epoch -= 1  # a last batch too small to give every rank an image is dropped
     total = steps_per_epoch * params.epochs
     warmup = round(params.warmup_epochs * steps_per_epoch)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer_v2(model, "adamw", lr=params.lr, weight_decay=params.weight_decay)
+    net = distributed.wrap(model, ctx)
+    module = distributed.unwrap(net)
+    if isinstance(objective, Supervised):
+        objective = objective.to(ctx.device)
+    optimizer = create_optimizer_v2(net, "adamw", lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total, warmup)
     )
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16)
+    on_gpu = ctx.device.type == "cuda"
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=params.bf16 or on_gpu)
     best: FitResult | None = None
     history: list[dict[str, float]] = []
     start, seen, train_time = time.perf_counter(), 0, 0.0
     for epoch in range(params.epochs):
-        model.train()
+        net.train()
         t0 = time.perf_counter()
         order = epoch_order(labels, params.oversample_melanoma, g)
-        sums = {"loss": 0.0, "hard": 0.0, "soft": 0.0}
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, hard, soft summed over images; images
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{params.epochs}", disable=not progress
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{params.epochs}",
+            disable=not (progress and main),
         )
         for step in bar:
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            x = augment.augment(images[idx], params.image_size, aug, g)
-            batch = Batch(train_targets.label[idx], train_targets.dx[idx])
+            # Every rank draws the whole batch's augmentation, so the random stream stays shared.
+            mine = distributed.shard(len(idx), ctx)
+            x = augment.augment(images[idx], params.image_size, aug, g)[mine]
+            x = x.to(ctx.device, non_blocking=True)
             with autocast:
-                parts = objective(model, x, batch)
+                parts = objective(net, x, train_targets.take(idx[mine], ctx.device))
             optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
+            # DDP averages gradients over ranks; weighting by the slice size makes that the
+            # gradient of the whole batch's mean loss even when slices differ by one image.
+            share = len(x) * ctx.world_size / len(idx)
+            (parts["loss"] * share).backward()
             if params.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+                nn.utils.clip_grad_norm_(net.parameters(), params.grad_clip)
             optimizer.step()
             scheduler.step()
-            for k in sums:
-                sums[k] += float(parts[k].detach()) * len(idx)
+            sums += torch.tensor([float(parts[k].detach()) for k in PARTS] + [1.0]) * len(x)
             seen += len(idx)
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+        if ctx.world_size > 1:
+            torch.distributed.all_reduce(sums)
         epoch_train = time.perf_counter() - t0
         train_time += epoch_train
-        # Scored in float32, as every later stage and runtime will score it.
-        val_logits = predict_logits(model, val_images, params.image_size)
+        # Scored in float32, as every later stage and runtime will score it. Every rank scores
+        # (the weights are identical), so all take the same early-stopping decision.
+        val_logits = predict_logits(module, val_images, params.image_size, device=ctx.device)
         task = "binary" if val_logits.ndim == 1 else "dx"
         probs = melanoma_probability(val_logits, task)
-        row = {f"train_{k}": v / len(order) for k, v in sums.items()}
+        row = {f"train_{k}": float(v / sums[-1]) for k, v in zip(PARTS, sums[:3], strict=True)}
         row |= metrics.summary(val_labels, probs, ece_bins, prefix="val_")
         row |= {
             "lr": optimizer.param_groups[0]["lr"],
@@ -232,22 +267,23 @@ def fit(
             "epoch": epoch + 1,
         }
         history.append(row)
-        if log is not None:
+        if log is not None and main:
             log(row)
-        if progress:
+        if progress and main:
             print(
                 f"epoch {epoch + 1}: loss {row['train_loss']:.4f} val ROC-AUC {row['val_roc_auc']:.4f} ECE {row['val_ece']:.4f} ({row['epoch_seconds']:.0f}s)"
             )
         score = row["val_roc_auc"] if math.isfinite(row["val_roc_auc"]) else -1.0
         if best is None or score > best.best_metrics["val_roc_auc"]:
             best = FitResult(
-                copy.deepcopy(model).eval(),
+                copy.deepcopy(module).cpu().eval(),
                 epoch + 1,
                 dict(row) | {"val_roc_auc": score},
                 val_logits,
+                rank=ctx.rank,
             )
         elif epoch + 1 - best.best_epoch >= params.patience:
-            if progress:
+            if progress and main:
                 print(f"early stop: no val ROC-AUC gain for {params.patience} epochs")
             break
     assert best is not None, "epochs must be >= 1"

@@ -45,7 +45,7 @@ def main() -> None:
         "teacher_arch": teacher_meta["arch"],
     }
     result = runs.train_and_save(
-        student, objective, params, aug, ece_bins, args.prepared, args.split,
+        [student], objective, params, aug, ece_bins, args.prepared, args.split,
         args.out, args.metrics, args.live, extra,
     )  # fmt: skip
     print(

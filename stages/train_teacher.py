@@ -22,13 +22,17 @@ def main() -> None:
     aug = config.load("augment", args.params)
     ece_bins = config.load("metrics", args.params).ece_bins
 
-    torch.manual_seed(params.seed)
-    model = models.create(
-        params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained
-    )
+    members = []
+    for k in range(params.ensemble):  # member k starts from seed + k (one seeding per member)
+        torch.manual_seed(params.seed + k)
+        members.append(
+            models.create(
+                params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained
+            )
+        )
     objective = training.Supervised(params.task, params.loss, params.pos_weight, params.focal_gamma)
     result = runs.train_and_save(
-        model, objective, params, aug, ece_bins, args.prepared, args.split,
+        members, objective, params, aug, ece_bins, args.prepared, args.split,
         args.out, args.metrics, args.live,
     )  # fmt: skip
     print(

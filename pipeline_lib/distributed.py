@@ -1,0 +1,86 @@
+"""Where training runs: one process on CPU/GPU, or several under ``torchrun`` (DDP).
+
+``torchrun --nproc_per_node N stages/train_teacher.py ...`` sets ``WORLD_SIZE``/``RANK``; the
+training loop then wraps the model in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU).
+Every rank draws the same epoch order and augments the same global batch from the stage seed,
+then trains on its own slice of it, so N processes take the same optimisation steps as one
+(up to float summation order and, on CPU, per-rank BatchNorm statistics: SyncBatchNorm needs GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline_lib.config import Device
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, prints and writes outputs; the others only train."""
+        return self.rank == 0
+
+
+def resolve_device(device: Device) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but torch sees no GPU; use auto or cpu")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(device: Device = "auto") -> Context:
+    """Join the ``torchrun`` process group if there is one; one process otherwise."""
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return Context(dist.get_rank(), dist.get_world_size(), dev)
+    return Context(0, 1, dev)
+
+
+def wrap(model: nn.Module, ctx: Context) -> nn.Module:
+    """``model`` on its device, in DDP when several processes train it."""
+    model = model.to(ctx.device, memory_format=torch.channels_last)
+    if ctx.world_size == 1:
+        return model
+    if ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index])
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The trained module inside a DDP wrapper (itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def shard(n: int, ctx: Context) -> slice:
+    """This rank's contiguous slice of a global batch of ``n`` (sizes differ by at most one)."""
+    base, extra = divmod(n, ctx.world_size)
+    start = ctx.rank * base + min(ctx.rank, extra)
+    return slice(start, start + base + (ctx.rank < extra))
+
+
+def teardown() -> None:
+    """Leave the process group (a no-op for one process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

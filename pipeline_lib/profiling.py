@@ -1,0 +1,101 @@
+"""Where a training step's time goes: augmentation, forward, backward, optimizer (and the
+teacher's forward when distilling), measured on the prepared cache with the params' settings.
+
+``python -m pipeline_lib.profiling --stage distill`` prints a table and, with ``--out``,
+writes it as JSON. The ``prepare`` stage's own ``seconds`` covers JPEG decoding, which happens
+once; nothing in the training loop decodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline_lib import artifacts, augment, models, runs
+from pipeline_lib.config import AugmentParams, TrainParams, load
+
+PHASES = ("augment", "teacher_forward", "forward", "backward", "optimizer")
+
+
+def profile_steps(
+    model: nn.Module,
+    images: np.ndarray,
+    params: TrainParams,
+    aug: AugmentParams,
+    steps: int = 10,
+    warmup: int = 2,
+    teacher: nn.Module | None = None,
+) -> dict[str, float]:
+    """Mean seconds per training step in each phase, after ``warmup`` untimed steps.
+
+    The step is the training loop's (:func:`pipeline_lib.training.fit`): channels_last, AdamW;
+    the loss is a stand-in (mean logit) since the loss itself costs nothing next to the model.
+    """
+    g = torch.Generator().manual_seed(params.seed)
+    cache = torch.from_numpy(np.ascontiguousarray(images))
+    model = model.to(memory_format=torch.channels_last).train()
+    if teacher is not None:
+        teacher = teacher.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr)
+    totals = dict.fromkeys(PHASES, 0.0)
+    for step in range(warmup + steps):
+        idx = torch.randint(len(cache), (params.batch_size,), generator=g)
+        t = [time.perf_counter()]
+        x = augment.augment(cache[idx], params.image_size, aug, g)
+        t.append(time.perf_counter())
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(x)
+        t.append(time.perf_counter() if teacher is not None else t[-1])
+        loss = model(x).float().mean()
+        t.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.append(time.perf_counter())
+        optimizer.step()
+        t.append(time.perf_counter())
+        if step >= warmup:
+            for phase, a, b in zip(PHASES, t, t[1:], strict=False):
+                totals[phase] += b - a
+    out = {phase: s / steps for phase, s in totals.items()}
+    out["step"] = sum(out.values())
+    out["images_per_second"] = params.batch_size / out["step"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", choices=["train_teacher", "distill"], default="train_teacher")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--split", default="data/split")
+    parser.add_argument("--teacher", default="data/train_teacher/model.pt")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", help="write the table as JSON here")
+    args = parser.parse_args()
+    params, aug = load(args.stage, args.params), load("augment", args.params)
+    train = runs.load_split(args.prepared, args.split, "train")
+    torch.manual_seed(params.seed)
+    model = models.create(params.arch, params.task, params.global_pool, params.drop_rate)
+    teacher = models.load_checkpoint(args.teacher)[0] if args.stage == "distill" else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16):
+        result = profile_steps(model, train.images, params, aug, args.steps, teacher=teacher)
+    result |= {"stage": args.stage, "arch": params.arch, "batch_size": params.batch_size,
+               "threads": torch.get_num_threads()}  # fmt: skip
+    for phase in PHASES:
+        share = result[phase] / result["step"]
+        print(f"{phase:>16}: {result[phase] * 1000:8.1f} ms/step  {share:6.1%}")
+    print(
+        f"{'step':>16}: {result['step'] * 1000:8.1f} ms  ({result['images_per_second']:.0f} img/s)"
+    )
+    if args.out:
+        artifacts.write_json(Path(args.out), result)
+
+
+if __name__ == "__main__":
+    main()
