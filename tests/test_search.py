@@ -133,11 +133,13 @@ def _fake_trainer(tmp_path: Path, epochs: int, pause: float) -> list[str]:
 
 def test_run_monitored_reports_every_epoch_when_not_pruned(tmp_path):
     seen = []
+
+    def report(step: int, value: float) -> bool:
+        seen.append((step, value))
+        return False  # never prune
+
     finished = search.run_monitored(
-        _fake_trainer(tmp_path, 3, 0.05),
-        tmp_path / "roc_auc.tsv",
-        lambda step, value: seen.append((step, value)) is not None,
-        poll_seconds=0.02,
+        _fake_trainer(tmp_path, 3, 0.05), tmp_path / "roc_auc.tsv", report, poll_seconds=0.02
     )
     assert finished
     assert seen[0] == (0, 0.5) and [s for s, _ in seen] == sorted({s for s, _ in seen})
