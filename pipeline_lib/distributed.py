@@ -80,6 +80,18 @@ def shard(n: int, ctx: Context) -> slice:
     return slice(start, start + base + (ctx.rank < extra))
 
 
+def sync_buffers(module: nn.Module, ctx: Context) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them before each forward, so after the last training step each rank holds
+    the statistics of its own slice; validation must see one model, or the ranks would score
+    differently and could disagree about early stopping.
+    """
+    if ctx.world_size > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def teardown() -> None:
     """Leave the process group (a no-op for one process)."""
     if dist.is_initialized():

@@ -252,6 +252,7 @@ def fit(
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
         if ctx.world_size > 1:
             torch.distributed.all_reduce(sums)
+        distributed.sync_buffers(module, ctx)
         epoch_train = time.perf_counter() - t0
         train_time += epoch_train
         # Scored in float32, as every later stage and runtime will score it. Every rank scores

@@ -48,9 +48,10 @@ def main() -> None:
         [student], objective, params, aug, ece_bins, args.prepared, args.split,
         args.out, args.metrics, args.live, extra,
     )  # fmt: skip
-    print(
-        f"distill: best val ROC-AUC {result.best_metrics['val_roc_auc']:.4f} at epoch {result.best_epoch}"
-    )
+    if result.rank == 0:
+        print(
+            f"distill: best val ROC-AUC {result.best_metrics['val_roc_auc']:.4f} at epoch {result.best_epoch}"
+        )
 
 
 if __name__ == "__main__":

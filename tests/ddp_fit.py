@@ -1,5 +1,7 @@
 """One ``training.fit`` on fixed synthetic arrays, run alone or under ``torchrun`` by
-tests/test_distributed.py. Rank 0 saves the trained weights and the per-epoch history."""
+tests/test_distributed.py. Rank 0 saves the trained weights and the per-epoch history; every
+rank saves its val logits to ``<out>.rank<r>.npy``. ``bn`` as second argument trains the
+BatchNorm model ``dsnet_tiny`` instead of a BatchNorm-free one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline_lib import config, distributed, training
+from pipeline_lib import config, distributed, models, training
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, SIZE = 120, 60, 32
@@ -43,7 +45,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, labels, dx
 
 
-def main(out: str) -> None:
+def main(out: str, arch: str) -> None:
     images, labels, dx = data()
     params = dataclasses.replace(
         config.load("distill", REPO / "params.yaml"),
@@ -54,10 +56,12 @@ def main(out: str) -> None:
     torch.manual_seed(0)
     targets = training.Batch(torch.tensor(labels[:N_TRAIN]), torch.tensor(dx[:N_TRAIN]))
     result = training.fit(
-        NoNormCNN(), training.Supervised("binary", "bce"), images[:N_TRAIN], targets,
+        models.create("dsnet_tiny", drop_rate=0.0) if arch == "bn" else NoNormCNN(),
+        training.Supervised("binary", "bce"), images[:N_TRAIN], targets,
         images[N_TRAIN:], labels[N_TRAIN:], params, aug, progress=False,
     )  # fmt: skip
     ctx = distributed.setup("cpu")
+    np.save(f"{out}.rank{ctx.rank}.npy", result.val_logits)
     if result.rank == 0:
         torch.save(
             {
@@ -71,4 +75,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "nonorm")

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -33,22 +34,22 @@ def test_device_choice():
         distributed.resolve_device("tpu")
 
 
-def _run(tmp_path, name, launcher):
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _run(tmp_path, name, launcher, *args):
     out = tmp_path / f"{name}.pt"
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("WORLD_SIZE", None)
-    subprocess.run([*launcher, str(SCRIPT), str(out)], check=True, env=env, cwd=REPO, timeout=300)
+    cmd = [*launcher, str(SCRIPT), str(out), *args]
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300)
     return torch.load(out)
 
 
 def test_two_torchrun_processes_train_like_one(tmp_path):
     """Two gloo processes (DDP, each on half of every batch) end where one process ends."""
     one = _run(tmp_path, "one", [sys.executable])
-    two = _run(
-        tmp_path,
-        "two",
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-    )
+    two = _run(tmp_path, "two", TORCHRUN)
     assert (one["world"], two["world"]) == (1, 2)
     assert one["state"].keys() == two["state"].keys()
     for k, v in one["state"].items():
@@ -59,3 +60,11 @@ def test_two_torchrun_processes_train_like_one(tmp_path):
         assert b["val_roc_auc"] == pytest.approx(a["val_roc_auc"], abs=1e-6)
     # The check is not vacuous: training moved the weights and learned the darker class.
     assert one["history"][-1]["val_roc_auc"] > 0.7
+
+
+def test_ranks_score_one_model_with_batchnorm(tmp_path):
+    """BatchNorm statistics differ per rank after training; validation must see rank 0's on all
+    ranks, or they would score differently and could disagree about early stopping."""
+    _run(tmp_path, "bn", TORCHRUN, "bn")
+    rank0, rank1 = (np.load(tmp_path / f"bn.pt.rank{r}.npy") for r in (0, 1))
+    np.testing.assert_array_equal(rank0, rank1)
