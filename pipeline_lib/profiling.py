@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 
 from pipeline_lib import artifacts, augment, models, runs
@@ -33,7 +34,7 @@ def profile_steps(
 ) -> dict[str, float]:
     """Mean seconds per training step in each phase, after ``warmup`` untimed steps.
 
-    The step is the training loop's (:func:`pipeline_lib.training.fit`): channels_last, AdamW;
+    The step is the training loop's (:func:`pipeline_lib.training.fit`): channels_last, its AdamW;
     the loss is a stand-in (mean logit) since the loss itself costs nothing next to the model.
     """
     g = torch.Generator().manual_seed(params.seed)
@@ -41,7 +42,8 @@ def profile_steps(
     model = model.to(memory_format=torch.channels_last).train()
     if teacher is not None:
         teacher = teacher.to(memory_format=torch.channels_last).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr)
+    # The loop's optimizer (timm's AdamW: no weight decay on norms and biases).
+    optimizer = create_optimizer_v2(model, "adamw", lr=params.lr, weight_decay=params.weight_decay)
     totals = dict.fromkeys(PHASES, 0.0)
     for step in range(warmup + steps):
         idx = torch.randint(len(cache), (params.batch_size,), generator=g)

@@ -97,7 +97,7 @@ def train_and_save(
             train,
             val,
             Path(live_dir) / (f"member{k}" if k else ""),
-        )  # fmt: skip
+        )
         for k, model in enumerate(members)
     ]
     result = fits[0]
