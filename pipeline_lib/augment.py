@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,37 @@ def augment(
     grid = F.affine_grid(theta, [x.shape[0], 3, out_size, out_size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return color_jitter(x, p, g).contiguous(memory_format=torch.channels_last)
+
+
+def mix(
+    x: torch.Tensor, mixup_alpha: float, cutmix_alpha: float, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with a shuffle of itself.
+
+    With both alphas > 0, each batch picks one of the two with probability 1/2 (timm's default).
+    The mixing weight is drawn from ``Beta(alpha, alpha)``; for CutMix it is then corrected to the
+    area the pasted box really keeps after clipping at the border.
+
+    Returns:
+        The mixed batch, the permutation ``perm`` whose images were mixed in, and ``lam``: the
+        weight of each image's own target (``1 - lam`` goes to the target of ``perm``).
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        raise ValueError("mix needs mixup_alpha > 0 or cutmix_alpha > 0")
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or bool(torch.rand((), generator=g) < 0.5))
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    # numpy draws the Beta variate (torch's has no generator), seeded from the shared stream.
+    lam = float(
+        np.random.default_rng(int(torch.randint(2**62, (), generator=g))).beta(alpha, alpha)
+    )
+    perm = torch.randperm(x.shape[0], generator=g)
+    if not use_cutmix:
+        return x * lam + x[perm] * (1 - lam), perm, lam
+    h, w = x.shape[-2:]
+    cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = (int(torch.randint(n, (), generator=g)) for n in (h, w))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return out, perm, 1 - (y1 - y0) * (x1 - x0) / (h * w)

@@ -101,6 +101,16 @@ class TrainParams:
     device: Device
     seed: int
     max_train_images: int
+    ema_decay: float  # 0 = off; else the best epoch is chosen, and saved, on the weights' EMA
+    mixup_alpha: float  # 0 = off; Beta(alpha, alpha) mixing weight, targets mixed alike
+    cutmix_alpha: float  # 0 = off; with both > 0 each batch picks one
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ParamsError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class TeacherParams(TrainParams):
     ensemble: int
 
     def __post_init__(self):
+        super().__post_init__()
         if self.ensemble < 1:
             raise ParamsError(f"train_teacher.ensemble must be >= 1, got {self.ensemble}")
 

@@ -8,6 +8,7 @@ single logit, and the teacher must see the very batch the student sees after aug
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
@@ -27,14 +29,21 @@ from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
 
 @dataclass(frozen=True)
 class Batch:
-    """Targets of one batch: binary melanoma label and 7-way dx index."""
+    """Targets of one batch: binary melanoma label and 7-way dx index.
+
+    After mixup/cutmix, ``partner`` holds the targets of the images mixed in: the hard loss is
+    ``lam * loss(own) + (1 - lam) * loss(partner)``.
+    """
 
     label: torch.Tensor
     dx: torch.Tensor
+    partner: Batch | None = None
+    lam: float = 1.0
 
     def take(self, rows: torch.Tensor | slice, device: torch.device) -> Batch:
         """The targets of ``rows``, on ``device``."""
-        return Batch(self.label[rows].to(device), self.dx[rows].to(device))
+        partner = None if self.partner is None else self.partner.take(rows, device)
+        return Batch(self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam)
 
 
 def task_target(task: str, batch: Batch) -> torch.Tensor:
@@ -71,7 +80,11 @@ class Supervised:
         return self
 
     def hard(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.loss_fn(logits.float(), task_target(self.task, batch), **self.kwargs)
+        loss = self.loss_fn(logits.float(), task_target(self.task, batch), **self.kwargs)
+        if batch.partner is None:
+            return loss
+        other = self.loss_fn(logits.float(), task_target(self.task, batch.partner), **self.kwargs)
+        return batch.lam * loss + (1 - batch.lam) * other
 
     def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         hard = self.hard(model(x), batch)
@@ -190,7 +203,10 @@ def fit(
 
     Runs on ``params.device`` (bf16 autocast on CUDA) and, under ``torchrun``, in
     DistributedDataParallel: every rank augments the same global batch of ``params.batch_size``
-    and trains on its slice (:mod:`pipeline_lib.distributed`).
+    and trains on its slice (:mod:`pipeline_lib.distributed`). ``params.mixup_alpha`` /
+    ``cutmix_alpha`` mix that global batch after augmentation (a distillation teacher sees the
+    mixed images too); ``params.ema_decay > 0`` scores, selects and returns timm's
+    ``ModelEmaV3`` of the weights instead of the raw weights.
 
     Args:
         train_images: uint8 ``(N, 3, H, W)``; augmented per batch to ``params.image_size``.
@@ -212,6 +228,9 @@ def fit(
     if isinstance(objective, Supervised):
         objective = objective.to(ctx.device)
     optimizer = create_optimizer_v2(net, "adamw", lr=params.lr, weight_decay=params.weight_decay)
+    # Warm-up makes the average follow the weights early on (decay 1 - (1 + step)^(-2/3)).
+    ema = ModelEmaV3(module, params.ema_decay, use_warmup=True) if params.ema_decay else None
+    mixing = params.mixup_alpha > 0 or params.cutmix_alpha > 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total, warmup)
     )
@@ -234,10 +253,16 @@ def fit(
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
             # Every rank draws the whole batch's augmentation, so the random stream stays shared.
             mine = distributed.shard(len(idx), ctx)
-            x = augment.augment(images[idx], params.image_size, aug, g)[mine]
-            x = x.to(ctx.device, non_blocking=True)
+            x = augment.augment(images[idx], params.image_size, aug, g)
+            batch = train_targets.take(idx, torch.device("cpu"))
+            if mixing:
+                x, perm, lam = augment.mix(x, params.mixup_alpha, params.cutmix_alpha, g)
+                batch = dataclasses.replace(
+                    batch, partner=batch.take(perm, batch.label.device), lam=lam
+                )
+            x = x[mine].to(ctx.device, non_blocking=True)
             with autocast:
-                parts = objective(net, x, train_targets.take(idx[mine], ctx.device))
+                parts = objective(net, x, batch.take(mine, ctx.device))
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting by the slice size makes that the
             # gradient of the whole batch's mean loss even when slices differ by one image.
@@ -247,17 +272,22 @@ def fit(
                 nn.utils.clip_grad_norm_(net.parameters(), params.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(module, step=scheduler.last_epoch)
             sums += torch.tensor([float(parts[k].detach()) for k in PARTS] + [1.0]) * len(x)
             seen += len(idx)
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
         if ctx.world_size > 1:
             torch.distributed.all_reduce(sums)
         distributed.sync_buffers(module, ctx)
+        scored = module if ema is None else ema.module
+        if ema is not None:
+            distributed.sync_buffers(scored, ctx)
         epoch_train = time.perf_counter() - t0
         train_time += epoch_train
         # Scored in float32, as every later stage and runtime will score it. Every rank scores
         # (the weights are identical), so all take the same early-stopping decision.
-        val_logits = predict_logits(module, val_images, params.image_size, device=ctx.device)
+        val_logits = predict_logits(scored, val_images, params.image_size, device=ctx.device)
         task = "binary" if val_logits.ndim == 1 else "dx"
         probs = melanoma_probability(val_logits, task)
         row = {f"train_{k}": float(v / sums[-1]) for k, v in zip(PARTS, sums[:3], strict=True)}
@@ -277,7 +307,7 @@ def fit(
         score = row["val_roc_auc"] if math.isfinite(row["val_roc_auc"]) else -1.0
         if best is None or score > best.best_metrics["val_roc_auc"]:
             best = FitResult(
-                copy.deepcopy(module).cpu().eval(),
+                copy.deepcopy(scored).cpu().eval(),
                 epoch + 1,
                 dict(row) | {"val_roc_auc": score},
                 val_logits,
