@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -101,6 +102,9 @@ class Distillation(Supervised):
         teacher_temperature: calibration temperature dividing the teacher's logits (1 = raw).
         temperature: KD softening temperature.
         alpha: weight of the soft (teacher) term.
+        teacher_image_size: the teacher's input size; a student batch of another size is resized
+            to it, so the teacher sees the same (augmented, mixed) images at the scale it was
+            trained on. ``None`` feeds the batch as it is.
     """
 
     def __init__(
@@ -114,8 +118,10 @@ class Distillation(Supervised):
         teacher_temperature: float = 1.0,
         pos_weight: float = 1.0,
         focal_gamma: float = 2.0,
+        teacher_image_size: int | None = None,
     ):
         super().__init__(task, loss, pos_weight, focal_gamma)
+        self.teacher_image_size = teacher_image_size
         if task == "dx" and teacher_task != "dx":
             raise ValueError("a binary teacher cannot distil into a dx student")
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -130,6 +136,14 @@ class Distillation(Supervised):
             teacher_temperature,
         )
 
+    def teacher_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's batch at the teacher's input size (as inference resizes: bilinear)."""
+        size = self.teacher_image_size
+        if size is None or x.shape[-2:] == (size, size):
+            return x
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return x.contiguous(memory_format=torch.channels_last)
+
     def to(self, device: torch.device) -> Distillation:
         self.teacher = self.teacher.to(device, memory_format=torch.channels_last)
         return self
@@ -140,7 +154,7 @@ class Distillation(Supervised):
         if self.alpha == 0:
             return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
         with torch.no_grad():
-            teacher = self.teacher(x).float() / self.teacher_temperature
+            teacher = self.teacher(self.teacher_view(x)).float() / self.teacher_temperature
         if self.task == "dx":
             soft = losses.softmax_kd(student, teacher, self.temperature)
         else:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from test_training import _params, _split
 
-from pipeline_lib import augment, config, models, runs, training
+from pipeline_lib import augment, config, losses, models, runs, training
 from pipeline_lib.inference import predict_logits
 
 AUG = config.load("augment", REPO / "params.yaml")
@@ -166,3 +166,23 @@ def test_ema_model_is_the_warmed_up_average_of_the_trajectory(prepared, syntheti
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_teacher_sees_a_smaller_students_batch_at_its_own_size():
+    x = torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    teacher = _Spy(models.create("dsnet_tiny", task="dx")).eval()
+    student = models.create("dsnet_tiny")
+    batch = training.Batch(torch.tensor([0, 1, 0, 1]), torch.zeros(4, dtype=torch.long))
+    objective = training.Distillation(
+        teacher, "dx", "binary", "bce", 2.0, 1.0, teacher_image_size=32
+    )
+    parts = objective(student, x, batch)
+    (seen,) = teacher.seen
+    reference = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    torch.testing.assert_close(seen, reference)
+    with torch.no_grad():
+        zt = training.binary_logit(teacher.inner(reference), "dx")
+        expected = losses.bernoulli_kd(student(x), zt, 2.0)
+    assert parts["soft"].item() == pytest.approx(expected.item(), rel=1e-5)
+    same = training.Distillation(teacher, "dx", "binary", "bce", 2.0, 1.0, teacher_image_size=16)
+    assert same.teacher_view(x) is x
