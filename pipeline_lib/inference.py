@@ -8,12 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def to_input(batch: torch.Tensor | np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 ``(N, 3, H, W)`` -> float ``[0, 1]`` at ``image_size``, channels_last."""
-    x = torch.as_tensor(np.asarray(batch)).float().div_(255.0)
+def resize(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Float ``(N, 3, H, W)`` at ``image_size`` (bilinear, antialiased), channels_last."""
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def to_input(batch: torch.Tensor | np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` -> float ``[0, 1]`` at ``image_size``, channels_last."""
+    return resize(torch.as_tensor(np.asarray(batch)).float().div_(255.0), image_size)
 
 
 @torch.no_grad()

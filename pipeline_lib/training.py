@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline_lib import augment, distributed, losses, metrics
 from pipeline_lib.config import AugmentParams, TrainParams
-from pipeline_lib.inference import predict_logits
+from pipeline_lib.inference import predict_logits, resize
 from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
 
 
@@ -137,12 +136,10 @@ class Distillation(Supervised):
         )
 
     def teacher_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The student's batch at the teacher's input size (as inference resizes: bilinear)."""
-        size = self.teacher_image_size
-        if size is None or x.shape[-2:] == (size, size):
+        """The student's batch at the teacher's input size, resized as inference resizes."""
+        if self.teacher_image_size is None or x.shape[-2:] == (self.teacher_image_size,) * 2:
             return x
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return x.contiguous(memory_format=torch.channels_last)
+        return resize(x, self.teacher_image_size)
 
     def to(self, device: torch.device) -> Distillation:
         self.teacher = self.teacher.to(device, memory_format=torch.channels_last)
