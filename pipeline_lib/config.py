@@ -19,6 +19,7 @@ import yaml
 Task = Literal["binary", "dx"]
 LossName = Literal["bce", "focal", "ce"]
 Device = Literal["auto", "cpu", "cuda"]
+TeacherRuntime = Literal["auto", "torch", "onnxruntime"]
 
 
 class ParamsError(ValueError):
@@ -137,11 +138,13 @@ class KDParams:
     """Distillation: ``alpha`` weighs the teacher's soft term, ``1 - alpha`` the hard labels.
 
     ``temperature`` is the KD softening temperature, not the calibration temperature.
+    ``teacher_runtime`` runs the frozen teacher's forward (``training.Distillation``).
     """
 
     temperature: float
     alpha: float
     use_calibrated_teacher: bool
+    teacher_runtime: TeacherRuntime
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -17,8 +17,8 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from pipeline_lib import artifacts, augment, models, runs
-from pipeline_lib.config import AugmentParams, TrainParams, load
+from pipeline_lib import artifacts, augment, models, runs, training
+from pipeline_lib.config import AugmentParams, TeacherRuntime, TrainParams, load
 
 PHASES = ("augment", "teacher_forward", "forward", "backward", "optimizer")
 
@@ -31,17 +31,19 @@ def profile_steps(
     steps: int = 10,
     warmup: int = 2,
     teacher: nn.Module | None = None,
+    runtime: TeacherRuntime = "torch",
 ) -> dict[str, float]:
     """Mean seconds per training step in each phase, after ``warmup`` untimed steps.
 
     The step is the training loop's (:func:`pipeline_lib.training.fit`): channels_last, its AdamW;
     the loss is a stand-in (mean logit) since the loss itself costs nothing next to the model.
     """
+    device = torch.device("cpu")
     g = torch.Generator().manual_seed(params.seed)
     cache = torch.from_numpy(np.ascontiguousarray(images))
     model = model.to(memory_format=torch.channels_last).train()
-    if teacher is not None:
-        teacher = teacher.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    if teacher is not None:  # as the loop runs it (kd.teacher_runtime)
+        teacher = training.frozen_runner(teacher.eval().requires_grad_(False), runtime, device)
     # The loop's optimizer (timm's AdamW: no weight decay on norms and biases).
     optimizer = create_optimizer_v2(model, "adamw", lr=params.lr, weight_decay=params.weight_decay)
     totals = dict.fromkeys(PHASES, 0.0)
@@ -85,10 +87,14 @@ def main() -> None:
     torch.manual_seed(params.seed)
     model = models.create(params.arch, params.task, params.global_pool, params.drop_rate)
     teacher = models.load_checkpoint(args.teacher)[0] if args.stage == "distill" else None
+    runtime = load("kd", args.params).teacher_runtime
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16):
-        result = profile_steps(model, train.images, params, aug, args.steps, teacher=teacher)
+        result = profile_steps(
+            model, train.images, params, aug, args.steps, teacher=teacher, runtime=runtime
+        )
     result |= {"stage": args.stage, "arch": params.arch, "batch_size": params.batch_size,
-               "threads": torch.get_num_threads()}  # fmt: skip
+               "threads": torch.get_num_threads(),
+               "teacher_runtime": runtime}  # fmt: skip
     for phase in PHASES:
         share = result[phase] / result["step"]
         print(f"{phase:>16}: {result[phase] * 1000:8.1f} ms/step  {share:6.1%}")

@@ -41,9 +41,8 @@ from torch import nn
 from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-from pipeline_lib import artifacts, metrics, models, training
+from pipeline_lib import artifacts, inference, metrics, models, training
 from pipeline_lib.config import AugmentParams, QuantizeParams, TrainParams
-from pipeline_lib.inference import to_input
 
 # Largest batch an exported program accepts. ExecuTorch plans its input buffer for this bound
 # (64 x 3 x 128 x 128 float32 = 12.6 MB), so a larger bound costs phone RAM for nothing.
@@ -62,7 +61,7 @@ def calibration_inputs(images: np.ndarray, image_size: int, count: int, seed: in
     rows = np.arange(len(images))
     if count < len(images):
         rows = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
-    return to_input(images[rows], image_size).contiguous().numpy()
+    return inference.to_input(images[rows], image_size).contiguous().numpy()
 
 
 def _example(image_size: int, batch: int = MAX_BATCH) -> torch.Tensor:
@@ -175,18 +174,8 @@ def pte_ops_report(graph_module: torch.fx.GraphModule) -> dict:
 
 
 def write_onnx(model: nn.Module, image_size: int, path: str | Path) -> None:
-    """Export the float model to ONNX (opset 17) with a dynamic batch dimension.
-
-    ``dynamo=False`` uses the TorchScript exporter: the default dynamo exporter needs
-    ``onnxscript``, which is not installed (shared/FACTS.md).
-    """
-    with artifacts.atomic_path(path) as tmp:
-        torch.onnx.export(
-            model.eval(), (_example(image_size, 1),), str(tmp),
-            input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
+    """The float model as ONNX with a dynamic batch dimension (:func:`inference.write_onnx`)."""
+    inference.write_onnx(model, _example(image_size, 1), path)
 
 
 class _Calibration(CalibrationDataReader):
@@ -317,12 +306,8 @@ def _pte_runner(path: Path, threads: int | None) -> Runner:
 
 
 def _onnx_runner(path: Path, threads: int | None) -> Runner:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0 = ORT's default (one per core)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = inference.onnx_session(path, threads)
     except Exception as err:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)
         raise ModelFileError(f"cannot load ONNX model {path}: {err}") from err
     name = session.get_inputs()[0].name
@@ -364,7 +349,7 @@ def predict(
     """Logits of the exported model at ``path`` for uint8 images ``(N, 3, H, W)``, float32."""
     run = load_runner(path, threads)
     outs = [
-        run(to_input(images[i : i + batch_size], image_size).contiguous().numpy())
+        run(inference.to_input(images[i : i + batch_size], image_size).contiguous().numpy())
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(outs).astype(np.float32)
@@ -399,6 +384,19 @@ def better(candidate: dict, incumbent: dict) -> bool:
     return key(candidate) > key(incumbent)
 
 
+def qat_recipe(recipe: TrainParams, task: str, params: QuantizeParams) -> TrainParams:
+    """The student's recipe for QAT: ``qat_epochs`` at ``qat_lr``, no warm-up, no early stop.
+
+    Mixup/CutMix and weight EMA are switched off whatever the student used: QAT is a short
+    fine-tune of fake-quantized weights from an already trained model.
+    """
+    return dataclasses.replace(
+        recipe, task=task, epochs=params.qat_epochs, lr=params.qat_lr,
+        warmup_epochs=0.0, patience=params.qat_epochs, seed=params.seed,
+        ema_decay=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
+    )  # fmt: skip
+
+
 def qat_int8(
     model: models.Classifier,
     train_images: np.ndarray,
@@ -414,14 +412,11 @@ def qat_int8(
     """Quantization-aware fine-tuning from the float student, then conversion to int8.
 
     The shared loop :func:`training.fit` trains the prepared graph with the student's own
-    recipe (augmentation, loss, batch size; hard labels only), for ``qat_epochs`` at
-    ``qat_lr`` without warm-up, keeping the epoch with the best fake-quantized val ROC-AUC.
+    recipe (augmentation, loss, batch size; hard labels only; :func:`qat_recipe`), for
+    ``qat_epochs`` at ``qat_lr`` without warm-up, keeping the epoch with the best fake-quantized val ROC-AUC.
     Pass the result to :func:`export` and :func:`write_pte`.
     """
-    recipe = dataclasses.replace(
-        recipe, task=model.task, epochs=params.qat_epochs, lr=params.qat_lr,
-        warmup_epochs=0.0, patience=params.qat_epochs, seed=params.seed,
-    )  # fmt: skip
+    recipe = qat_recipe(recipe, model.task, params)
     # Exported in train mode (QAT simulates the conv-BN folding with live statistics), with a
     # batch bound large enough for fit()'s val scoring; export() re-bounds it to MAX_BATCH.
     batch = torch.export.Dim("batch", min=1, max=_TRAIN_MAX_BATCH)

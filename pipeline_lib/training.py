@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline_lib import augment, distributed, losses, metrics
-from pipeline_lib.config import AugmentParams, TrainParams
-from pipeline_lib.inference import predict_logits, resize
+from pipeline_lib.config import AugmentParams, TeacherRuntime, TrainParams
+from pipeline_lib.inference import OnnxRuntimeModule, predict_logits, resize
 from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
 
 
@@ -91,6 +92,13 @@ class Supervised:
         return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
 
 
+def frozen_runner(model: nn.Module, runtime: TeacherRuntime, device: torch.device) -> nn.Module:
+    """The frozen ``model`` on ``device``, channels_last, or in ONNX Runtime (``kd.teacher_runtime``)."""
+    if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
+        return OnnxRuntimeModule(model.cpu())
+    return model.to(device, memory_format=torch.channels_last)
+
+
 class Distillation(Supervised):
     """``(1 - alpha) * hard + alpha * soft`` with a frozen teacher on the same augmented batch.
 
@@ -104,6 +112,10 @@ class Distillation(Supervised):
         teacher_image_size: the teacher's input size; a student batch of another size is resized
             to it, so the teacher sees the same (augmented, mixed) images at the scale it was
             trained on. ``None`` feeds the batch as it is.
+        teacher_runtime: what runs the frozen teacher's forward: ``torch``; ``onnxruntime``
+            (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding,
+            about 1.8x faster on this CPU); ``auto`` = onnxruntime when training on CPU, torch
+            on GPU (where the teacher also gets the loop's bf16 autocast).
     """
 
     def __init__(
@@ -118,9 +130,15 @@ class Distillation(Supervised):
         pos_weight: float = 1.0,
         focal_gamma: float = 2.0,
         teacher_image_size: int | None = None,
+        teacher_runtime: TeacherRuntime = "torch",
     ):
         super().__init__(task, loss, pos_weight, focal_gamma)
         self.teacher_image_size = teacher_image_size
+        if teacher_runtime not in get_args(TeacherRuntime):
+            raise ValueError(
+                f"kd.teacher_runtime must be one of {get_args(TeacherRuntime)}, got {teacher_runtime!r}"
+            )
+        self.teacher_runtime = teacher_runtime
         if task == "dx" and teacher_task != "dx":
             raise ValueError("a binary teacher cannot distil into a dx student")
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -142,7 +160,9 @@ class Distillation(Supervised):
         return resize(x, self.teacher_image_size)
 
     def to(self, device: torch.device) -> Distillation:
-        self.teacher = self.teacher.to(device, memory_format=torch.channels_last)
+        if isinstance(self.teacher, OnnxRuntimeModule):
+            return self
+        self.teacher = frozen_runner(self.teacher, self.teacher_runtime, device)
         return self
 
     def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:

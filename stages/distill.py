@@ -37,6 +37,7 @@ def main() -> None:
         teacher.to(memory_format=torch.channels_last), teacher_meta["task"], params.task,
         params.loss, kd.temperature, kd.alpha, teacher_temperature, params.pos_weight,
         params.focal_gamma, teacher_image_size=teacher_meta["image_size"],
+        teacher_runtime=kd.teacher_runtime,
     )  # fmt: skip
     extra = {
         "kd_temperature": kd.temperature,

@@ -8,8 +8,9 @@ from conftest import REPO
 from pipeline_lib import config, models, profiling
 
 
-@pytest.mark.parametrize("with_teacher", [False, True])
-def test_profile_splits_a_step_into_its_phases(with_teacher):
+@pytest.mark.parametrize("runtime", [None, "torch", "onnxruntime"])  # None: no teacher
+def test_profile_splits_a_step_into_its_phases(runtime):
+    with_teacher = runtime is not None
     params = dataclasses.replace(
         config.load("distill", REPO / "params.yaml"), image_size=32, batch_size=8
     )
@@ -18,7 +19,9 @@ def test_profile_splits_a_step_into_its_phases(with_teacher):
     model = models.create("dsnet_tiny")
     before = [p.detach().clone() for p in model.parameters()]
     teacher = models.create("dsnet_tiny", "dx") if with_teacher else None
-    out = profiling.profile_steps(model, images, params, aug, steps=2, warmup=1, teacher=teacher)
+    out = profiling.profile_steps(
+        model, images, params, aug, steps=2, warmup=1, teacher=teacher, runtime=runtime or "torch"
+    )
     assert set(profiling.PHASES) <= set(out)
     assert out["step"] == pytest.approx(sum(out[p] for p in profiling.PHASES))
     assert out["images_per_second"] == pytest.approx(8 / out["step"])

@@ -209,3 +209,18 @@ def test_qat_fine_tunes_and_lowers_to_int8(student, prepared, tmp_path):
     assert report["compute_ops_outside_delegates"] == {}
     logits = quantization.predict(tmp_path / "qat.pte", images[:8], SIZE)
     assert logits.shape == (8,) and np.isfinite(logits).all()
+
+
+def test_qat_recipe_keeps_the_students_augmentation_but_not_mixing_or_ema():
+    student_recipe = _recipe(
+        mixup_alpha=0.2, cutmix_alpha=1.0, ema_decay=0.998, warmup_epochs=1.0, loss="focal"
+    )
+    params = config.load("quantize", REPO / "params.yaml")
+    qat = quantization.qat_recipe(student_recipe, "binary", params)
+    assert (qat.mixup_alpha, qat.cutmix_alpha, qat.ema_decay) == (0.0, 0.0, 0.0)
+    assert (qat.epochs, qat.lr, qat.warmup_epochs) == (params.qat_epochs, params.qat_lr, 0.0)
+    assert (qat.loss, qat.batch_size, qat.image_size) == (
+        "focal",
+        student_recipe.batch_size,
+        student_recipe.image_size,
+    )
