@@ -114,7 +114,7 @@ class Distillation(Supervised):
             trained on. ``None`` feeds the batch as it is.
         teacher_runtime: what runs the frozen teacher's forward: ``torch``; ``onnxruntime``
             (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding,
-            about 1.8x faster on this CPU); ``auto`` = onnxruntime when training on CPU, torch
+            a distillation step 12-18% faster on this CPU); ``auto`` = onnxruntime when training on CPU, torch
             on GPU (where the teacher also gets the loop's bf16 autocast).
     """
 
