@@ -186,8 +186,10 @@ def save_checkpoint(
     missing = [k for k in CHECKPOINT_KEYS if k not in blob]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {missing}")
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    # Saved through a file object: torch.save(blob, path) names the zip's root folder after the
+    # (random) temporary file, so equal weights would give different bytes and DVC hashes.
+    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(blob, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dict[str, Any]]:

@@ -34,6 +34,20 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.allclose(model(x), loaded(x))
 
 
+def test_equal_models_give_byte_identical_checkpoints(tmp_path):
+    """Reproducible DVC hashes: the bytes depend on the weights, not on the file's name."""
+    torch.manual_seed(0)
+    model = models.create("test_resnet", task="dx").eval()
+    meta = {"arch": "test_resnet", "task": "dx", **META}
+    models.save_checkpoint(tmp_path / "a" / "model.pt", model, meta)
+    models.save_checkpoint(tmp_path / "b.pt", model, meta)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    models.save_checkpoint(tmp_path / "c.pt", model, meta)
+    assert (tmp_path / "c.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+
+
 def test_corrupt_checkpoint_is_named(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"not a checkpoint")
