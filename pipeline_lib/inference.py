@@ -75,9 +75,10 @@ class OnnxRuntimeModule(nn.Module):
 
     Exported on the first call, at that batch's image size (batch dimension dynamic); ORT
     folds batch norm into the convolutions and fuses the activations: a ResNet-18 teacher's
-    forward at batch 64, 128 px took 340-354 ms per distillation step against 406-452 ms in
-    eager PyTorch on this 2-core CPU (README, "Profiling"). Outputs agree with the PyTorch model to float rounding
-    (about 1e-6). The result is a CPU float32 tensor moved to the input's device; no gradient.
+    forward at batch 64, 128 px took 340-399 ms per distillation step against 406-452 ms in
+    eager PyTorch on this 2-core CPU, and a distillation epoch 70-85 s against 84-96 s (README,
+    "Profiling"). Outputs agree with the PyTorch model to float rounding (about 1e-6). The
+    result is a CPU float32 tensor moved to the input's device; no gradient.
     """
 
     def __init__(self, model: nn.Module, threads: int | None = None):

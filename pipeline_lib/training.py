@@ -93,7 +93,7 @@ class Supervised:
 
 
 def frozen_runner(model: nn.Module, runtime: TeacherRuntime, device: torch.device) -> nn.Module:
-    """The frozen ``model`` on ``device``, channels_last, or in ONNX Runtime (``kd.teacher_runtime``)."""
+    """The frozen ``model`` on ``device`` (channels_last) or in ONNX Runtime, per ``kd.teacher_runtime``."""
     if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
         return OnnxRuntimeModule(model.cpu())
     return model.to(device, memory_format=torch.channels_last)
@@ -113,9 +113,9 @@ class Distillation(Supervised):
             to it, so the teacher sees the same (augmented, mixed) images at the scale it was
             trained on. ``None`` feeds the batch as it is.
         teacher_runtime: what runs the frozen teacher's forward: ``torch``; ``onnxruntime``
-            (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding,
-            a distillation step 12-18% faster on this CPU); ``auto`` = onnxruntime when training on CPU, torch
-            on GPU (where the teacher also gets the loop's bf16 autocast).
+            (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding, a
+            distillation epoch about 15% faster on this CPU); ``auto`` = onnxruntime when
+            training on CPU, torch on GPU (where the teacher also gets the loop's bf16 autocast).
     """
 
     def __init__(
