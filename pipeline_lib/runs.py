@@ -46,6 +46,32 @@ def targets(table: pd.DataFrame) -> training.Batch:
     )
 
 
+def score_val(
+    model: nn.Module, val: data.Prepared, image_size: int, task: str, ece_bins: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``model``'s val logits and its headline val metrics (keys prefixed ``val_``)."""
+    z = inference.predict_logits(model, val.images, image_size)
+    probs = models.melanoma_probability(z, task)
+    return z, metrics.summary(val.table["label"].to_numpy(), probs, ece_bins, prefix="val_")
+
+
+def save_model(out_dir: str | Path, model: nn.Module, meta: dict, val_logits: np.ndarray) -> None:
+    """``out_dir/model.pt`` and ``out_dir/val_logits.npy``, the folder a teacher stage writes."""
+    out_dir = Path(out_dir)
+    models.save_checkpoint(out_dir / "model.pt", model, meta)
+    with artifacts.atomic_path(out_dir / "val_logits.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, val_logits)
+
+
+def member_summary(val_roc_auc: list[float], best_epoch: list[int]) -> dict:
+    """The metrics an ensemble adds: its size and each member's val ROC-AUC and best epoch."""
+    return {
+        "members": len(val_roc_auc),
+        "member_val_roc_auc": [round(v, 4) for v in val_roc_auc],
+        "member_best_epoch": list(best_epoch),
+    }
+
+
 def _fit_member(
     model: nn.Module,
     objective: training.Objective,
@@ -105,18 +131,14 @@ def train_and_save(
         return result
     if len(fits) > 1:
         ensemble = models.Ensemble([f.model for f in fits]).eval()
-        z = inference.predict_logits(ensemble, val.images, params.image_size)
-        probs = models.melanoma_probability(z, params.task)
+        z, best = score_val(ensemble, val, params.image_size, params.task, ece_bins)
         result = dataclasses.replace(
             result,
             model=ensemble,
             val_logits=z,
-            best_metrics=metrics.summary(
-                val.table["label"].to_numpy(), probs, ece_bins, prefix="val_"
-            ),
+            best_metrics=best,
             seconds=sum(f.seconds for f in fits),
         )
-    out_dir = Path(out_dir)
     meta = {
         "arch": params.arch,
         "task": params.task,
@@ -125,9 +147,7 @@ def train_and_save(
         "image_size": params.image_size,
         "best_epoch": result.best_epoch,
     }
-    models.save_checkpoint(out_dir / "model.pt", result.model, meta)
-    with artifacts.atomic_path(out_dir / "val_logits.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, result.val_logits)
+    save_model(out_dir, result.model, meta, result.val_logits)
     best = result.best_metrics
     summary = {
         "arch": params.arch,
@@ -141,10 +161,8 @@ def train_and_save(
         **(extra_metrics or {}),
     }
     if len(fits) > 1:
-        summary |= {
-            "members": len(fits),
-            "member_val_roc_auc": [round(f.best_metrics["val_roc_auc"], 4) for f in fits],
-            "member_best_epoch": [f.best_epoch for f in fits],
-        }
+        summary |= member_summary(
+            [f.best_metrics["val_roc_auc"] for f in fits], [f.best_epoch for f in fits]
+        )
     artifacts.write_json(metrics_path, summary)
     return result
