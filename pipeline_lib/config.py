@@ -19,7 +19,7 @@ import yaml
 Task = Literal["binary", "dx"]
 LossName = Literal["bce", "focal", "ce"]
 Device = Literal["auto", "cpu", "cuda"]
-TeacherRuntime = Literal["auto", "torch", "onnxruntime"]
+TeacherRuntime = Literal["auto", "torch", "torch_bf16", "onnxruntime"]
 
 
 class ParamsError(ValueError):

@@ -92,11 +92,30 @@ class Supervised:
         return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
 
 
+class Bf16Forward(nn.Module):
+    """A frozen model whose forward runs under bf16 autocast; float32 outputs, no gradient.
+
+    For a teacher on a CPU with native bf16 (AVX-512 BF16 or AMX): a ResNet-18's forward at
+    batch 64, 128 px took 210-285 ms against 333-342 ms in ONNX Runtime and 425-554 ms in float
+    PyTorch on this 2-core CPU. Logits differ from float32 by bf16 rounding (about 1e-2 relative).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
 def frozen_runner(model: nn.Module, runtime: TeacherRuntime, device: torch.device) -> nn.Module:
-    """The frozen ``model`` on ``device`` (channels_last) or in ONNX Runtime, per ``kd.teacher_runtime``."""
+    """The frozen ``model`` on ``device`` (channels_last, float or bf16) or in ONNX Runtime,
+    per ``kd.teacher_runtime``."""
     if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
         return OnnxRuntimeModule(model.cpu())
-    return model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    return Bf16Forward(model) if runtime == "torch_bf16" else model
 
 
 class Distillation(Supervised):
@@ -114,8 +133,10 @@ class Distillation(Supervised):
             trained on. ``None`` feeds the batch as it is.
         teacher_runtime: what runs the frozen teacher's forward: ``torch``; ``onnxruntime``
             (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding, a
-            distillation epoch about 15% faster on this CPU); ``auto`` = onnxruntime when
-            training on CPU, torch on GPU (where the teacher also gets the loop's bf16 autocast).
+            distillation epoch about 15% faster on this CPU); ``torch_bf16`` (PyTorch under
+            bf16 autocast, :class:`Bf16Forward`, for CPUs with native bf16); ``auto`` =
+            onnxruntime when training on CPU, torch on GPU (where the teacher also gets the
+            loop's bf16 autocast).
     """
 
     def __init__(
@@ -160,7 +181,7 @@ class Distillation(Supervised):
         return resize(x, self.teacher_image_size)
 
     def to(self, device: torch.device) -> Distillation:
-        if isinstance(self.teacher, OnnxRuntimeModule):
+        if isinstance(self.teacher, OnnxRuntimeModule | Bf16Forward):
             return self
         self.teacher = frozen_runner(self.teacher, self.teacher_runtime, device)
         return self

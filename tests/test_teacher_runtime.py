@@ -1,4 +1,5 @@
-"""The frozen teacher run by ONNX Runtime: same logits and losses as PyTorch (kd.teacher_runtime)."""
+"""The frozen teacher run by ONNX Runtime or under bf16 autocast: the logits and losses of
+PyTorch float32, to float / bf16 rounding (kd.teacher_runtime)."""
 
 import numpy as np
 import pytest
@@ -43,9 +44,15 @@ def test_onnxruntime_module_runs_an_ensemble():
 
 
 @pytest.mark.parametrize(
-    ("runtime", "device_is_cpu_runs_ort"), [("auto", True), ("onnxruntime", True), ("torch", False)]
+    ("runtime", "wrapper", "rel"),
+    [
+        ("auto", OnnxRuntimeModule, 1e-5),
+        ("onnxruntime", OnnxRuntimeModule, 1e-5),
+        ("torch", None, 1e-5),
+        ("torch_bf16", training.Bf16Forward, 2e-2),  # bf16 keeps 8 bits of mantissa
+    ],
 )
-def test_distillation_loss_is_the_same_in_either_runtime(runtime, device_is_cpu_runs_ort):
+def test_distillation_loss_is_the_same_in_every_runtime(runtime, wrapper, rel):
     teacher = _teacher()
     student = models.create("dsnet_tiny").train()
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -53,7 +60,7 @@ def test_distillation_loss_is_the_same_in_either_runtime(runtime, device_is_cpu_
     obj = training.Distillation(
         teacher, "dx", "binary", "bce", 2.0, 0.7, teacher_temperature=1.5, teacher_runtime=runtime
     ).to(torch.device("cpu"))
-    assert isinstance(obj.teacher, OnnxRuntimeModule) == device_is_cpu_runs_ort
+    assert isinstance(obj.teacher, wrapper or models.Classifier)
     torch.manual_seed(3)  # the student's dropout draws the same in both
     parts = obj(student, x, batch)
     # Reference: PyTorch teacher, hand-assembled loss (teacher's p(mel) as a Bernoulli target).
@@ -64,8 +71,8 @@ def test_distillation_loss_is_the_same_in_either_runtime(runtime, device_is_cpu_
         zt = torch.log(p_mel) - torch.log1p(-p_mel)
     hard = torch.nn.functional.binary_cross_entropy_with_logits(zs, batch.label.float())
     soft = losses.bernoulli_kd(zs, zt, 2.0)
-    assert parts["soft"].item() == pytest.approx(soft.item(), rel=1e-5)
-    assert parts["loss"].item() == pytest.approx((0.3 * hard + 0.7 * soft).item(), rel=1e-5)
+    assert parts["soft"].item() == pytest.approx(soft.item(), rel=rel)
+    assert parts["loss"].item() == pytest.approx((0.3 * hard + 0.7 * soft).item(), rel=rel)
     parts["loss"].backward()  # the student still gets gradients through its own forward
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
 
@@ -78,3 +85,18 @@ def test_distillation_moves_to_cpu_once_and_rejects_unknown_runtime():
         training.Distillation(
             _teacher(), "dx", "binary", "bce", 2.0, 0.5, teacher_runtime="tensorrt"
         )
+
+
+def test_bf16_forward_computes_in_bf16_and_returns_float32():
+    teacher = _teacher()
+    seen = []
+    conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = teacher(x)
+    seen.clear()
+    got = training.Bf16Forward(teacher)(x)
+    assert seen == [torch.bfloat16] and got.dtype == torch.float32 and not got.requires_grad
+    assert not torch.equal(got, expected)  # really rounded ...
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=5e-2, atol=5e-2)  # ... only
