@@ -192,12 +192,20 @@ class _Calibration(CalibrationDataReader):
 
 def write_onnx_int8(
     float_path: str | Path, path: str | Path, calibration: np.ndarray, batch_size: int = 32
-) -> None:
-    """Static int8 QDQ ONNX: per-channel int8 weights, uint8 activations.
+) -> list[float]:
+    """Static int8 QDQ ONNX: per-channel int8 weights, uint8 activations, output bias corrected.
 
     uint8 activations (ORT's U8S8): with int8 activations ONNX Runtime's CPU provider fused
     only 28 of MobileNetV3-S's 53 QDQ convs into QLinearConv, leaving the depthwise ones
     float; with uint8 all 53 were fused (measured).
+
+    Rounding errors of int8 layers do not average out to zero: on the real student the int8
+    logits sat about +1.0 above the float ones on every image (val ECE 0.02 -> 0.12, ROC-AUC
+    barely moved). :func:`correct_output_bias` removes that mean error, measured on the same
+    calibration images (Nagel et al. 2019's empirical bias correction, applied to the output).
+
+    Returns:
+        the correction added to each logit (one value per output).
     """
     name = onnx.load(str(float_path)).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp, artifacts.atomic_path(path) as out:
@@ -208,6 +216,49 @@ def write_onnx_int8(
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )  # fmt: skip
+        return correct_output_bias(float_path, out, calibration, batch_size)
+
+
+def _run_onnx(path: str | Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    run = _onnx_runner(Path(path), None)
+    return np.concatenate(
+        [run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def correct_output_bias(
+    float_path: str | Path, int8_path: str | Path, calibration: np.ndarray, batch_size: int = 32
+) -> list[float]:
+    """Add ``mean(float logits - int8 logits)`` over ``calibration`` to the int8 model's output.
+
+    The correction is a float ``Add`` after the last dequantization, so the logits are not
+    re-quantized (a shifted output range would clip) and every int8 kernel stays fused.
+    Rewrites ``int8_path`` in place and returns the per-output correction.
+    """
+    error = _run_onnx(float_path, calibration, batch_size) - _run_onnx(
+        int8_path, calibration, batch_size
+    )
+    shift = error.reshape(len(error), -1).mean(axis=0).astype(np.float32)
+    model = onnx.load(str(int8_path))
+    graph = model.graph
+    graph_output = graph.output[0]
+    uncorrected = f"{graph_output.name}_before_bias_correction"
+    for node in graph.node:
+        node.output[:] = [uncorrected if o == graph_output.name else o for o in node.output]
+    graph.initializer.append(
+        onnx.numpy_helper.from_array(shift.reshape(error.shape[1:]), "output_bias_correction")
+    )
+    graph.node.append(
+        onnx.helper.make_node(
+            "Add",
+            [uncorrected, "output_bias_correction"],
+            [graph_output.name],
+            name="output_bias_correction",
+        )  # fmt: skip
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(int8_path))
+    return [float(v) for v in shift]
 
 
 def write_onnx_fp16(float_path: str | Path, path: str | Path) -> None:

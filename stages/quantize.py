@@ -84,7 +84,7 @@ def main() -> None:
     seconds["int8_pte"] = time.perf_counter() - start
     start = time.perf_counter()
     quantization.write_onnx(model, size, paths["fp32_onnx"])
-    quantization.write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    onnx_bias = quantization.write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
     quantization.write_onnx_fp16(paths["fp32_onnx"], paths["fp16_onnx"])
     seconds["onnx"] = time.perf_counter() - start
     for name in ("fp32_onnx", "int8_onnx", "fp16_onnx"):
@@ -122,6 +122,7 @@ def main() -> None:
 
     for name in results:
         results[name]["ops"] = ops[name]
+    results["int8_onnx"]["output_bias_correction"] = onnx_bias
     report = {
         "task": task,
         "image_size": size,

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pipeline_lib import config, inference, models, quantization, training
 
@@ -66,7 +68,9 @@ def exported(student, prepared, tmp_path_factory):
         "int8_pte": quantization.write_pte(quantization.export(int8, SIZE), paths["int8_pte"]),
     }
     quantization.write_onnx(student, SIZE, paths["fp32_onnx"])
-    quantization.write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    reports["onnx_bias"] = quantization.write_onnx_int8(
+        paths["fp32_onnx"], paths["int8_onnx"], calibration
+    )
     quantization.write_onnx_fp16(paths["fp32_onnx"], paths["fp16_onnx"])
     return paths, reports
 
@@ -132,6 +136,27 @@ def test_onnx_int8_runs_int8_kernels_in_onnx_runtime(exported):
     assert report["file"].get("conv_gemm_float", 0) == 0
     assert report["runtime"] == {"int8_conv_gemm": CONV_LINEAR, "float_conv_gemm": 0, "cast": 0}
     assert {"INT8", "UINT8"} <= set(report["file"]["initializer_dtypes"])
+
+
+def test_onnx_int8_output_bias_correction_removes_the_mean_error(exported, prepared, tmp_path):
+    paths, reports = exported
+    calibration = quantization.calibration_inputs(prepared.images, SIZE, 48, seed=0)
+    raw = tmp_path / "raw.onnx"
+    # The same quantization without the correction, rebuilt by hand with ORT's own API.
+    quant_pre_process(str(paths["fp32_onnx"]), str(tmp_path / "pre.onnx"))
+    quantize_static(
+        str(tmp_path / "pre.onnx"), str(raw), quantization._Calibration(calibration, "images", 32),
+        quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    run = {k: quantization.load_runner(p) for k, p in
+           [("float", paths["fp32_onnx"]), ("raw", raw), ("corrected", paths["int8_onnx"])]}  # fmt: skip
+    out = {k: r(calibration) for k, r in run.items()}
+    expected = float((out["float"] - out["raw"]).mean())
+    assert reports["onnx_bias"] == pytest.approx([expected], abs=1e-5)
+    np.testing.assert_allclose(out["corrected"], out["raw"] + expected, atol=1e-5)
+    assert abs((out["corrected"] - out["float"]).mean()) < 1e-4
+    assert quantization.onnx_ops_report(paths["int8_onnx"])["runtime"]["float_conv_gemm"] == 0
 
 
 def test_onnx_float_and_fp16_reports(exported):
