@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline_lib import augment, config, losses, metrics, models, runs, split, training
+from pipeline_lib import augment, config, inference, losses, metrics, models, runs, split, training
 
 REPO_PARAMS = REPO / "params.yaml"
 
@@ -107,6 +107,28 @@ def test_one_epoch_learns_the_synthetic_signal(prepared, synthetic_root):
     assert result.best_metrics["val_roc_auc"] == pytest.approx(
         metrics.roc_auc(table["label"].to_numpy()[test], probs)
     )
+
+
+def test_bf16_training_scores_epochs_in_bf16_and_reports_the_chosen_one_in_float32(prepared):
+    """Each epoch's val pass runs under the training's bf16 autocast; the result is float32's."""
+    torch.manual_seed(0)
+    table, labels = prepared.table, prepared.table["label"].to_numpy()
+    seen = []
+    hook = lambda module, inputs, output: seen.append((module.training, output.dtype))  # noqa: E731
+    model = models.create("dsnet_tiny")
+    model.backbone.features[0][0].register_forward_hook(hook)
+    result = training.fit(
+        model, training.Supervised("binary", "bce", 2.0), prepared.images,
+        runs.targets(table), prepared.images, labels, _params(epochs=2, bf16=True), AUG,
+        progress=False,
+    )  # fmt: skip
+    assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen  # train, score
+    assert seen[-1] == (False, torch.float32)  # the chosen epoch re-scored in float32
+    reference = inference.predict_logits(result.model, prepared.images, 32)
+    np.testing.assert_array_equal(result.val_logits, reference)  # float32 re-scoring
+    probs = models.melanoma_probability(reference, "binary")
+    assert result.best_metrics["val_roc_auc"] == metrics.roc_auc(labels, probs)
+    assert result.best_metrics["val_ece"] == pytest.approx(metrics.ece(labels, probs, 15))
 
 
 def test_supervised_rejects_loss_of_other_task():
