@@ -105,8 +105,13 @@ class TrainParams:
     ema_decay: float  # 0 = off; else the best epoch is chosen, and saved, on the weights' EMA
     mixup_alpha: float  # 0 = off; Beta(alpha, alpha) mixing weight, targets mixed alike
     cutmix_alpha: float  # 0 = off; with both > 0 each batch picks one
+    color_constancy: int  # 0 = off; p > 0: shades-of-gray colour constancy inside the model
 
     def __post_init__(self):
+        if self.color_constancy < 0:
+            raise ParamsError(
+                f"color_constancy must be 0 (off) or a p >= 1, got {self.color_constancy}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ParamsError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for key in ("mixup_alpha", "cutmix_alpha"):

@@ -107,7 +107,14 @@ def _model(points: dict[str, OperatingPoint], r: dict) -> list[str]:
         f"- **What**: a {distill['arch']} image classifier ({distill['params'] / 1e6:.2f}M "
         f"parameters, task `{op.task}`) that gives the probability that a dermoscopy photo of "
         f"one skin lesion shows a melanoma. The whole photo is resized to a "
-        f"{op.image_size} x {op.image_size} RGB square; the logit is divided by a temperature "
+        f"{op.image_size} x {op.image_size} RGB square"
+        + (
+            f" and each colour channel is divided by its p-mean (shades-of-gray colour "
+            f"constancy, p = {distill['color_constancy']}, inside the model files)"
+            if distill.get("color_constancy")
+            else ""
+        )
+        + "; the logit is divided by a temperature "
         "fitted on the validation split (calibrated probability), and the decision compares "
         "that probability with a threshold chosen on the validation split.",
         f"- **Training**: from scratch (no pretrained weights) on the HAM10000 train split, "

@@ -80,17 +80,41 @@ def dsnet_tiny(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
     return TinyCNN(**kwargs)
 
 
-class Classifier(nn.Module):
-    """A backbone with its input normalisation built in; outputs raw logits."""
+GRAY = 0.6  # what shades_of_gray maps each channel's p-mean to (skin in [0, 1] images: 0.6-0.8)
 
-    def __init__(self, backbone: nn.Module, task: str):
+
+def shades_of_gray(x: torch.Tensor, p: int, gray: float = GRAY) -> torch.Tensor:
+    """Colour constancy: each image's channels divided by their Minkowski p-mean, times ``gray``.
+
+    Shades of gray (Finlayson & Trezzi 2004; p = 6 is the usual choice for dermoscopy): the
+    p-mean of a channel estimates the light's colour in it. Multiplying a channel by a gain
+    (white balance) or the whole image by one (exposure) multiplies its p-mean by the same gain,
+    so the output is unchanged as long as no pixel clipped.
+    """
+    illuminant = x.pow(p).mean(dim=(2, 3), keepdim=True).pow(1.0 / p)
+    return x * (gray / illuminant.clamp_min(1e-3))
+
+
+class Classifier(nn.Module):
+    """A backbone with its input normalisation built in; outputs raw logits.
+
+    ``color_constancy``: 0 = off; p > 0 = :func:`shades_of_gray` with that p before the usual
+    mean/std normalisation, so exported files carry it and a phone app feeds raw pixels.
+    """
+
+    def __init__(self, backbone: nn.Module, task: str, color_constancy: int = 0):
         super().__init__()
+        if color_constancy < 0:
+            raise ValueError(f"color_constancy must be 0 (off) or a p >= 1, not {color_constancy}")
         self.backbone = backbone
         self.task = task
+        self.color_constancy = color_constancy
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.color_constancy:
+            x = shades_of_gray(x, self.color_constancy)
         logits = self.backbone((x - self.mean) / self.std)
         return logits[:, 0] if self.task == "binary" else logits
 
@@ -122,11 +146,13 @@ def create(
     global_pool: str = "avg",
     drop_rate: float = 0.0,
     pretrained: bool | str = False,
+    color_constancy: int = 0,
 ) -> Classifier:
     """Build a classifier for ``task`` (``binary``: one logit; ``dx``: 7 logits).
 
     Args:
         arch: any :func:`timm.create_model` name, or ``dsnet_tiny``.
+        color_constancy: 0, or the p of :func:`shades_of_gray` applied to the input.
         pretrained: ``False`` (from scratch), ``True`` (timm hub weights; needs network or
             the HF cache) or a path to a local weights file (a state_dict, a timm/torchvision
             file or a checkpoint of this project) for the same architecture.
@@ -140,7 +166,7 @@ def create(
         if "Unknown model" in str(err):
             raise ValueError(f"unknown architecture {arch!r}: not a timm model name") from err
         raise
-    model = Classifier(backbone, task)
+    model = Classifier(backbone, task, color_constancy)
     if isinstance(pretrained, str) and pretrained:
         load_backbone_weights(model, pretrained, arch)
     return model
@@ -209,7 +235,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dic
             f"{path} is not a melanoma-kd checkpoint (expected keys {list(CHECKPOINT_KEYS)})"
         )
     members = [
-        create(blob["arch"], blob["task"], blob["global_pool"], blob["drop_rate"])
+        create(
+            blob["arch"],
+            blob["task"],
+            blob["global_pool"],
+            blob["drop_rate"],
+            color_constancy=blob.get("color_constancy", 0),  # absent before session 8: off
+        )  # fmt: skip
         for _ in range(blob.get("members", 1))
     ]
     model = members[0] if len(members) == 1 else Ensemble(members)

@@ -145,6 +145,7 @@ def train_and_save(
         "global_pool": params.global_pool,
         "drop_rate": params.drop_rate,
         "image_size": params.image_size,
+        "color_constancy": params.color_constancy,
         "best_epoch": result.best_epoch,
     }
     save_model(out_dir, result.model, meta, result.val_logits)

@@ -31,7 +31,12 @@ def main() -> None:
     fitted = artifacts.read_json(Path(args.temperature))["temperature"]
     teacher_temperature = fitted if kd.use_calibrated_teacher else 1.0
     student = models.create(
-        params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained
+        params.arch,
+        params.task,
+        params.global_pool,
+        params.drop_rate,
+        params.pretrained,
+        color_constancy=params.color_constancy,
     )
     objective = training.Distillation(
         teacher.to(memory_format=torch.channels_last), teacher_meta["task"], params.task,
@@ -44,6 +49,7 @@ def main() -> None:
         "kd_alpha": kd.alpha,
         "teacher_temperature": teacher_temperature,
         "teacher_arch": teacher_meta["arch"],
+        "color_constancy": params.color_constancy,
     }
     result = runs.train_and_save(
         [student], objective, params, aug, ece_bins, args.prepared, args.split,

@@ -27,7 +27,12 @@ def main() -> None:
         torch.manual_seed(params.seed + k)
         members.append(
             models.create(
-                params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained
+                params.arch,
+                params.task,
+                params.global_pool,
+                params.drop_rate,
+                params.pretrained,
+                color_constancy=params.color_constancy,
             )
         )
     objective = training.Supervised(params.task, params.loss, params.pos_weight, params.focal_gamma)

@@ -77,3 +77,9 @@ def test_params_are_frozen():
     kd = config.load("kd", REPO / "params.yaml")
     with pytest.raises(AttributeError):
         kd.alpha = 0.1  # type: ignore[misc]
+
+
+def test_negative_color_constancy_is_named(tmp_path, tree):
+    tree["distill"]["color_constancy"] = -6
+    with pytest.raises(config.ParamsError, match="color_constancy"):
+        config.load("distill", _write(tmp_path, tree))

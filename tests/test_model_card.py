@@ -129,6 +129,10 @@ def test_card_has_every_section_with_the_reported_figures():
     assert "not a diagnosis" in card and "no external validation" in card
     assert "trained from scratch on HAM10000 only" in card
     assert "-0.004 [-0.018, 0.010], p = 0.642" in card
+    assert "colour constancy" not in card
+    reports = _reports()
+    reports["distill"]["color_constancy"] = 6
+    assert "shades-of-gray colour constancy, p = 6" in model_card.markdown(POINTS, reports)
 
 
 def test_card_needs_every_report():

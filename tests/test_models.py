@@ -95,3 +95,42 @@ def test_melanoma_probability_binary_and_dx():
     assert models.melanoma_probability(np.array([2.0]), "binary", 2.0)[0] == pytest.approx(
         1 / (1 + np.exp(-1.0))
     )
+
+
+def test_shades_of_gray_matches_a_hand_computation():
+    x = torch.rand(2, 3, 5, 4)
+    out = models.shades_of_gray(x, 6)
+    a = x.numpy().astype(np.float64)
+    illuminant = (a**6).mean(axis=(2, 3), keepdims=True) ** (1 / 6)
+    np.testing.assert_allclose(out.numpy(), a * models.GRAY / illuminant, rtol=1e-5)
+    # p = 1 is gray world: every channel's mean becomes GRAY.
+    np.testing.assert_allclose(models.shades_of_gray(x, 1).mean(dim=(2, 3)), models.GRAY, rtol=1e-5)
+
+
+def test_color_constancy_makes_the_model_blind_to_exposure_and_white_balance():
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 0.6  # no pixel clips under the gains below
+    gains = torch.tensor([[0.7, 1.2, 1.5], [1.3, 1.3, 1.3]]).view(2, 1, 3, 1, 1)
+    with torch.no_grad():
+        for p, invariant in [(6, True), (0, False)]:
+            model = models.create("test_resnet", color_constancy=p).eval()
+            diffs = [float((model(x * g) - model(x)).abs().max()) for g in gains]
+            scale = float(model(x).abs().max())
+            assert all(d < 1e-4 * scale for d in diffs) == invariant, (p, diffs, scale)
+
+
+def test_color_constancy_survives_the_checkpoint_and_old_checkpoints_load_without_it(tmp_path):
+    model = models.create("test_resnet", task="dx", color_constancy=6).eval()
+    meta = {"arch": "test_resnet", "task": "dx", **META}
+    models.save_checkpoint(tmp_path / "cc.pt", model, meta | {"color_constancy": 6})
+    loaded, saved = models.load_checkpoint(tmp_path / "cc.pt")
+    x = torch.rand(2, 3, 32, 32)
+    assert loaded.color_constancy == 6 and saved["color_constancy"] == 6
+    assert torch.equal(model(x), loaded(x))
+    models.save_checkpoint(tmp_path / "old.pt", model, meta)  # written before the option
+    assert models.load_checkpoint(tmp_path / "old.pt")[0].color_constancy == 0
+
+
+def test_negative_color_constancy_is_rejected():
+    with pytest.raises(ValueError, match="color_constancy"):
+        models.create("test_resnet", color_constancy=-1)

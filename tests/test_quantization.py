@@ -249,3 +249,20 @@ def test_qat_recipe_keeps_the_students_augmentation_but_not_mixing_or_ema():
         student_recipe.batch_size,
         student_recipe.image_size,
     )
+
+
+def test_colour_constant_student_exports_with_its_normalisation(student, prepared, tmp_path):
+    """Shades of gray lives in the model, so every exported file applies it."""
+    model = models.create("dsnet_tiny", drop_rate=0.0, color_constancy=6)
+    model.load_state_dict(student.state_dict())
+    model.eval()
+    x = quantization.calibration_inputs(prepared.images, SIZE, 16, seed=0) * 0.7
+    tinted = x * np.array([0.8, 1.1, 1.3], dtype=np.float32)[:, None, None]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    quantization.write_pte(quantization.export(model, SIZE), tmp_path / "cc.pte")
+    quantization.write_onnx(model, SIZE, tmp_path / "cc.onnx")
+    for name in ("cc.pte", "cc.onnx"):
+        run = quantization.load_runner(tmp_path / name)
+        np.testing.assert_allclose(run(x), ref, atol=1e-4)
+        np.testing.assert_allclose(run(tinted), ref, atol=1e-4)  # blind to the tint
