@@ -85,10 +85,7 @@ def main() -> None:
     params, aug = load(args.stage, args.params), load("augment", args.params)
     train = runs.load_split(args.prepared, args.split, "train")
     torch.manual_seed(params.seed)
-    model = models.create(
-        params.arch, params.task, params.global_pool, params.drop_rate,
-        color_constancy=params.color_constancy,
-    )  # fmt: skip
+    model = runs.create_model(params)
     teacher = models.load_checkpoint(args.teacher)[0] if args.stage == "distill" else None
     runtime = load("kd", args.params).teacher_runtime
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16):

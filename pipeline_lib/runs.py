@@ -23,6 +23,14 @@ from pipeline_lib import (
 from pipeline_lib.config import AugmentParams, TrainParams
 
 
+def create_model(params: TrainParams) -> models.Classifier:
+    """The untrained model a training section of ``params.yaml`` describes."""
+    return models.create(
+        params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained,
+        color_constancy=params.color_constancy,
+    )  # fmt: skip
+
+
 def load_split(prepared: str | Path, split_dir: str | Path, name: str) -> data.Prepared:
     """One split (``train``, ``val`` or ``test``) of the prepared cache, in memory."""
     path = Path(split_dir) / f"{name}.csv"

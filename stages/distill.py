@@ -30,14 +30,7 @@ def main() -> None:
     teacher, teacher_meta = models.load_checkpoint(args.teacher)
     fitted = artifacts.read_json(Path(args.temperature))["temperature"]
     teacher_temperature = fitted if kd.use_calibrated_teacher else 1.0
-    student = models.create(
-        params.arch,
-        params.task,
-        params.global_pool,
-        params.drop_rate,
-        params.pretrained,
-        color_constancy=params.color_constancy,
-    )
+    student = runs.create_model(params)
     objective = training.Distillation(
         teacher.to(memory_format=torch.channels_last), teacher_meta["task"], params.task,
         params.loss, kd.temperature, kd.alpha, teacher_temperature, params.pos_weight,

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from pipeline_lib import config, models, runs, training
+from pipeline_lib import config, runs, training
 
 
 def main() -> None:
@@ -25,16 +25,7 @@ def main() -> None:
     members = []
     for k in range(params.ensemble):  # member k starts from seed + k (one seeding per member)
         torch.manual_seed(params.seed + k)
-        members.append(
-            models.create(
-                params.arch,
-                params.task,
-                params.global_pool,
-                params.drop_rate,
-                params.pretrained,
-                color_constancy=params.color_constancy,
-            )
-        )
+        members.append(runs.create_model(params))
     objective = training.Supervised(params.task, params.loss, params.pos_weight, params.focal_gamma)
     result = runs.train_and_save(
         members, objective, params, aug, ece_bins, args.prepared, args.split,

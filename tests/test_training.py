@@ -185,3 +185,10 @@ class _FlatTeacher(torch.nn.Module):
 def test_binary_teacher_cannot_teach_dx_student():
     with pytest.raises(ValueError, match="binary teacher cannot distil into a dx student"):
         training.Distillation(_FlatTeacher(), "binary", "dx", "ce", 2.0, 0.5)
+
+
+def test_create_model_follows_the_params_section():
+    model = runs.create_model(_params(task="dx", color_constancy=6, drop_rate=0.3))
+    assert model.task == "dx" and model.color_constancy == 6
+    assert model.backbone.head[1].p == 0.3  # dsnet_tiny's dropout
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
