@@ -80,7 +80,7 @@ def dsnet_tiny(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
     return TinyCNN(**kwargs)
 
 
-GRAY = 0.6  # what shades_of_gray maps each channel's p-mean to (skin in [0, 1] images: 0.6-0.8)
+GRAY = 0.6  # what shades_of_gray maps each channel's p-mean to, keeping inputs near [0, 1]
 
 
 def shades_of_gray(x: torch.Tensor, p: int, gray: float = GRAY) -> torch.Tensor:

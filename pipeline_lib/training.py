@@ -291,6 +291,12 @@ def fit(
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=mixed)
     best: FitResult | None = None
     history: list[dict[str, float]] = []
+
+    def score_val(model: nn.Module, device: torch.device | str) -> tuple[np.ndarray, dict]:
+        z = predict_logits(model, val_images, params.image_size, device=device)
+        probs = melanoma_probability(z, "binary" if z.ndim == 1 else "dx")
+        return z, metrics.summary(val_labels, probs, ece_bins, prefix="val_")
+
     start, seen, train_time = time.perf_counter(), 0, 0.0
     for epoch in range(params.epochs):
         net.train()
@@ -342,11 +348,9 @@ def fit(
         # CPU); the chosen epoch is re-scored in float32 below. Every rank scores (the weights
         # are identical), so all take the same early-stopping decision.
         with autocast:
-            val_logits = predict_logits(scored, val_images, params.image_size, device=ctx.device)
-        task = "binary" if val_logits.ndim == 1 else "dx"
-        probs = melanoma_probability(val_logits, task)
+            val_logits, val_metrics = score_val(scored, ctx.device)
         row = {f"train_{k}": float(v / sums[-1]) for k, v in zip(PARTS, sums[:3], strict=True)}
-        row |= metrics.summary(val_labels, probs, ece_bins, prefix="val_")
+        row |= val_metrics
         row |= {
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - t0,
@@ -374,10 +378,8 @@ def fit(
             break
     assert best is not None, "epochs must be >= 1"
     if mixed:  # report the chosen epoch as every later stage scores it: in float32
-        best.val_logits = predict_logits(best.model, val_images, params.image_size)
-        task = "binary" if best.val_logits.ndim == 1 else "dx"
-        probs = melanoma_probability(best.val_logits, task)
-        best.best_metrics |= metrics.summary(val_labels, probs, ece_bins, prefix="val_")
+        best.val_logits, val_metrics = score_val(best.model, "cpu")  # best.model lives on the CPU
+        best.best_metrics |= val_metrics
     best.history = history
     best.seconds = time.perf_counter() - start
     best.images_per_second = seen / train_time if train_time else 0.0
