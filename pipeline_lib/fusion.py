@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 
-from pipeline_lib import features, inference, metrics, models, runs, training
+from pipeline_lib import evaluation, features, metrics, runs, training
 
 
 def late_fusion(
@@ -55,17 +55,14 @@ def late_fusion(
     y = table["label"].to_numpy()
     cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     out = {"roc_auc": metrics.roc_auc(y, logit)}
-    variants = [("logit_only", []), ("fused", list(features.METADATA_COLUMNS))]
+    metadata = ("metadata", features.metadata_transformer(), list(features.METADATA_COLUMNS))
+    variants = {"logit_only": [], "fused": [metadata]}
     if baseline_prob is not None:
         x = x.assign(baseline=_logit(baseline_prob))
         out["baseline_roc_auc"] = metrics.roc_auc(y, baseline_prob)
-        variants.append(("stacked", ["baseline"]))
-    for name, columns in variants:
-        parts = [("logit", "passthrough", ["logit"])]
-        if columns == ["baseline"]:
-            parts.append(("baseline", "passthrough", columns))
-        elif columns:
-            parts.append(("metadata", features.metadata_transformer(), columns))
+        variants["stacked"] = [("baseline", "passthrough", ["baseline"])]
+    for name, extra in variants.items():
+        parts = [("logit", "passthrough", ["logit"]), *extra]
         clf = make_pipeline(ColumnTransformer(parts), LogisticRegression(C=c, max_iter=2000))
         p = cross_val_predict(clf, x, y, groups=table["lesion_id"], cv=cv, method="predict_proba")
         out[f"oof_{name}_roc_auc"] = metrics.roc_auc(y, p[:, 1])
@@ -146,19 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     base = baseline_prob(args.baseline_predictions, args.baseline, val) if args.baseline else None
     result = late_fusion(val, logit, args.folds, args.seed, baseline_prob=base)
     if args.confirm_on_test:
-        model, meta = models.load_checkpoint(args.confirm_on_test)
         split_dir = Path(args.val).parent
-        val_images = runs.load_split(args.prepared, split_dir, "val").images
-        own = _melanoma_logit(inference.predict_logits(model, val_images, meta["image_size"]))
-        if not np.allclose(own, logit, atol=1e-3):
-            raise ValueError(
-                f"{args.logits} are not {args.confirm_on_test}'s val logits "
-                f"(largest difference {np.abs(own - logit).max():.3g})"
-            )
         test = runs.load_split(args.prepared, split_dir, "test")
-        test_logit = _melanoma_logit(
-            inference.predict_logits(model, test.images, meta["image_size"])
+        _, test_raw, _ = evaluation.checkpoint_logits(  # checks --logits against the checkpoint
+            args.confirm_on_test,
+            args.logits,
+            runs.load_split(args.prepared, split_dir, "val").images,
+            test.images,
         )
+        test_logit = _melanoma_logit(test_raw)
         test_base = baseline_prob(args.baseline_predictions, args.baseline, test.table, "test")
         result |= confirm_on_test(val, logit, base, test.table, test_logit, test_base)
     print(json.dumps({k: round(v, 4) for k, v in result.items()}, indent=2))

@@ -137,5 +137,5 @@ def test_cli_confirms_a_checkpoint_on_test(tmp_path, prepared, capsys):
     assert out["test_stacked_roc_auc"] > out["test_roc_auc"]
     # Val logits of another model cannot be confirmed with this checkpoint.
     np.save(tmp_path / "val_logits.npy", z[half.to_numpy()] + 1.0)
-    with pytest.raises(ValueError, match="val_logits.npy are not .*model.pt's val logits"):
+    with pytest.raises(ValueError, match="val_logits.npy does not match .*model.pt"):
         fusion.main(args)
