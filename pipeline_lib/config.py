@@ -144,12 +144,21 @@ class KDParams:
 
     ``temperature`` is the KD softening temperature, not the calibration temperature.
     ``teacher_runtime`` runs the frozen teacher's forward (``training.Distillation``).
+    ``feature_prior > 0`` stacks the teacher with gradient boosting on handcrafted features
+    computed at that image size (:mod:`pipeline_lib.prior`); 0 = the teacher alone.
     """
 
     temperature: float
     alpha: float
     use_calibrated_teacher: bool
     teacher_runtime: TeacherRuntime
+    feature_prior: int
+
+    def __post_init__(self):
+        if self.feature_prior < 0:
+            raise ParamsError(
+                f"kd.feature_prior must be 0 (off) or an image size > 0, got {self.feature_prior}"
+            )
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

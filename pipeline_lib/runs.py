@@ -47,10 +47,19 @@ def subsample(part: data.Prepared, limit: int, seed: int) -> data.Prepared:
     return data.Prepared(part.images[rows], part.table.iloc[rows])
 
 
-def targets(table: pd.DataFrame) -> training.Batch:
-    """Melanoma labels and dx indices of a split table."""
+def targets(table: pd.DataFrame, prior: pd.Series | None = None) -> training.Batch:
+    """Melanoma labels and dx indices of a split table, and the rows' prior logits if given
+    (``prior`` indexed by ``image_id``)."""
+    rows = None
+    if prior is not None:
+        missing = sorted(set(table["image_id"]) - set(prior.index))
+        if missing:
+            raise KeyError(f"no prior logit for {len(missing)} images, e.g. {missing[0]}")
+        rows = torch.tensor(prior.loc[table["image_id"]].to_numpy(), dtype=torch.float32)
     return training.Batch(
-        torch.tensor(table["label"].to_numpy()), torch.tensor(table["dx_index"].to_numpy())
+        torch.tensor(table["label"].to_numpy()),
+        torch.tensor(table["dx_index"].to_numpy()),
+        prior=rows,
     )
 
 
@@ -89,8 +98,9 @@ def _fit_member(
     train: data.Prepared,
     val: data.Prepared,
     live_dir: Path,
+    train_prior: pd.Series | None,
 ) -> training.FitResult:
-    args = (model, objective, train.images, targets(train.table), val.images,
+    args = (model, objective, train.images, targets(train.table, train_prior), val.images,
             val.table["label"].to_numpy(), params, aug, ece_bins)  # fmt: skip
     if not distributed.setup(params.device).is_main:  # under torchrun, rank 0 writes everything
         return training.fit(*args, progress=False)
@@ -110,8 +120,12 @@ def train_and_save(
     metrics_path: str | Path,
     live_dir: str | Path,
     extra_metrics: dict | None = None,
+    train_prior: pd.Series | None = None,
 ) -> training.FitResult:
     """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics.
+
+    ``train_prior`` (prior logits by ``image_id``) rides along with the train targets, for a
+    distillation objective with a feature prior.
 
     Member ``k`` of ``members`` trains with seed ``params.seed + k`` (its dvclive curves under
     ``live_dir/member<k>`` for ``k > 0``); several members are saved as one
@@ -131,6 +145,7 @@ def train_and_save(
             train,
             val,
             Path(live_dir) / (f"member{k}" if k else ""),
+            train_prior,
         )
         for k, model in enumerate(members)
     ]

@@ -33,18 +33,31 @@ class Batch:
     """Targets of one batch: binary melanoma label and 7-way dx index.
 
     After mixup/cutmix, ``partner`` holds the targets of the images mixed in: the hard loss is
-    ``lam * loss(own) + (1 - lam) * loss(partner)``.
+    ``lam * loss(own) + (1 - lam) * loss(partner)``. ``prior`` is an optional per-image
+    melanoma logit that distillation stacks with the teacher's (:mod:`pipeline_lib.prior`).
     """
 
     label: torch.Tensor
     dx: torch.Tensor
     partner: Batch | None = None
     lam: float = 1.0
+    prior: torch.Tensor | None = None
 
     def take(self, rows: torch.Tensor | slice, device: torch.device) -> Batch:
         """The targets of ``rows``, on ``device``."""
         partner = None if self.partner is None else self.partner.take(rows, device)
-        return Batch(self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam)
+        prior = None if self.prior is None else self.prior[rows].to(device)
+        return Batch(
+            self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam, prior
+        )
+
+    def mixed_prior(self) -> torch.Tensor:
+        """The prior of each (possibly mixed) image: mixed like the images, in logit space."""
+        if self.prior is None:
+            raise ValueError("this batch carries no prior logits")
+        if self.partner is None:
+            return self.prior
+        return self.lam * self.prior + (1 - self.lam) * self.partner.mixed_prior()
 
 
 def task_target(task: str, batch: Batch) -> torch.Tensor:
@@ -137,6 +150,9 @@ class Distillation(Supervised):
             bf16 autocast, :class:`Bf16Forward`, for CPUs with native bf16); ``auto`` =
             onnxruntime when training on CPU, torch on GPU (where the teacher also gets the
             loop's bf16 autocast).
+        prior_weights: ``(teacher_weight, prior_weight, bias)``: the soft target becomes
+            ``teacher_weight * z_teacher + prior_weight * batch.prior + bias`` (melanoma
+            logits; :mod:`pipeline_lib.prior`). Binary students only; ``None`` = the teacher alone.
     """
 
     def __init__(
@@ -152,8 +168,12 @@ class Distillation(Supervised):
         focal_gamma: float = 2.0,
         teacher_image_size: int | None = None,
         teacher_runtime: TeacherRuntime = "torch",
+        prior_weights: tuple[float, float, float] | None = None,
     ):
         super().__init__(task, loss, pos_weight, focal_gamma)
+        if prior_weights is not None and task != "binary":
+            raise ValueError(f"a feature prior needs a binary student, got distill.task {task!r}")
+        self.prior_weights = prior_weights
         self.teacher_image_size = teacher_image_size
         if teacher_runtime not in get_args(TeacherRuntime):
             raise ValueError(
@@ -196,9 +216,11 @@ class Distillation(Supervised):
         if self.task == "dx":
             soft = losses.softmax_kd(student, teacher, self.temperature)
         else:
-            soft = losses.bernoulli_kd(
-                student, binary_logit(teacher, self.teacher_task), self.temperature
-            )
+            target = binary_logit(teacher, self.teacher_task)
+            if self.prior_weights is not None:
+                a, b, c = self.prior_weights
+                target = a * target + b * batch.mixed_prior() + c
+            soft = losses.bernoulli_kd(student, target, self.temperature)
         loss = (1 - self.alpha) * hard + self.alpha * soft
         return {"loss": loss, "hard": hard.detach(), "soft": soft.detach()}
 
