@@ -42,8 +42,9 @@ class FeaturePrior:
     def summary(self) -> dict[str, float]:
         """The figures distill's metrics report about the prior."""
         names = ("prior_teacher_weight", "prior_weight", "prior_bias")
+        aucs = {"prior": "prior", "teacher": "prior_teacher", "stacked": "prior_stacked"}
         return {k: round(v, 4) for k, v in zip(names, self.weights, strict=True)} | {
-            f"prior_{k}_val_roc_auc": round(v, 4) for k, v in self.val_roc_auc.items()
+            f"{aucs[k]}_val_roc_auc": round(v, 4) for k, v in self.val_roc_auc.items()
         }
 
 
