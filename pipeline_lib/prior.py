@@ -55,8 +55,9 @@ def boosting(seed: int) -> ClassifierMixin:
     return spec.build({"learning_rate": 0.03, "max_leaf_nodes": 15}, seed, [])
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log p / (1 - p)`` of a classifier's probabilities, clipped to +-13.8 at 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
 
 
@@ -82,12 +83,12 @@ def fit(
         boosting(seed), train_features, y, groups=train_table["lesion_id"], cv=cv,
         method="predict_proba",
     )[:, 1]  # fmt: skip
-    val_prior = _logit(boosting(seed).fit(train_features, y).predict_proba(val_features)[:, 1])
+    val_prior = logit(boosting(seed).fit(train_features, y).predict_proba(val_features)[:, 1])
     both = np.column_stack([teacher_val_logit, val_prior])
     stacker = LogisticRegression(C=1.0, max_iter=1000).fit(both, val_labels)
     (a, b), c = stacker.coef_[0], stacker.intercept_[0]
     return FeaturePrior(
-        pd.Series(_logit(oof), index=train_table["image_id"].to_numpy()),
+        pd.Series(logit(oof), index=train_table["image_id"].to_numpy()),
         (float(a), float(b), float(c)),
         {
             "prior": metrics.roc_auc(val_labels, val_prior),
