@@ -106,8 +106,22 @@ class TrainParams:
     mixup_alpha: float  # 0 = off; Beta(alpha, alpha) mixing weight, targets mixed alike
     cutmix_alpha: float  # 0 = off; with both > 0 each batch picks one
     color_constancy: int  # 0 = off; p > 0: shades-of-gray colour constancy inside the model
+    freeze_epochs: float  # epochs at the start that train only the new head (backbone lr 0)
+    backbone_lr_scale: float  # the backbone's learning rate relative to ``lr`` (the head's)
 
     def __post_init__(self):
+        if self.pretrained is True or (
+            isinstance(self.pretrained, str) and self.pretrained in ("", "false")
+        ):
+            raise ParamsError(
+                f"pretrained must be false, imagenet or a weights file path, got {self.pretrained!r}"
+            )
+        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
+            raise ParamsError(
+                f"freeze_epochs must be in [0, epochs = {self.epochs}), got {self.freeze_epochs}"
+            )
+        if self.backbone_lr_scale <= 0:
+            raise ParamsError(f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
         if self.color_constancy < 0:
             raise ParamsError(
                 f"color_constancy must be 0 (off) or a p >= 1, got {self.color_constancy}"
@@ -117,18 +131,6 @@ class TrainParams:
         for key in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise ParamsError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}")
-
-
-@dataclass(frozen=True)
-class TeacherParams(TrainParams):
-    """The teacher's run; ``ensemble`` members train with seeds ``seed .. seed + ensemble - 1``."""
-
-    ensemble: int
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.ensemble < 1:
-            raise ParamsError(f"train_teacher.ensemble must be >= 1, got {self.ensemble}")
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesParams,
     "metrics": MetricsParams,
     "augment": AugmentParams,
-    "train_teacher": TeacherParams,
+    "train_teacher": TrainParams,
+    "teachers": dict,  # member name -> the train_teacher keys it overrides (load_member)
     "calibrate": CalibrateParams,
     "kd": KDParams,
     "distill": TrainParams,
@@ -327,5 +330,45 @@ def load(section: str, path: str | Path = "params.yaml") -> Any:
     if section not in tree:
         raise ParamsError(f"params section '{section}' missing from {path}")
     # Every section is checked, so a typo anywhere stops whichever stage runs first.
-    parsed = {name: from_dict(SECTIONS[name], values, name) for name, values in tree.items()}
+    parsed = {
+        name: from_dict(SECTIONS[name], values, name)
+        for name, values in tree.items()
+        if name != "teachers"
+    }
+    parsed["teachers"] = _members(tree.get("teachers"), tree.get("train_teacher"))
     return parsed[section]
+
+
+def _members(values: Any, defaults: Any) -> dict[str, TrainParams]:
+    if not isinstance(values, dict) or not values:
+        raise ParamsError(
+            f"params section 'teachers' must map one or more member names to the train_teacher "
+            f"keys each overrides (e.g. resnet18: {{arch: resnet18}}), got {values!r}"
+        )
+    members = {}
+    for name, overrides in values.items():
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise ParamsError(f"teacher member name {name!r} must be letters, digits and _")
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"teachers.{name} must be a mapping of train_teacher keys")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainParams)})
+        if unknown:
+            raise ParamsError(
+                f"unknown key(s) {', '.join(f'teachers.{name}.{k}' for k in unknown)} in params; "
+                f"a member overrides train_teacher keys"
+            )
+        members[name] = from_dict(TrainParams, {**defaults, **overrides}, f"teachers.{name}")
+    return members
+
+
+def load_member(name: str, path: str | Path = "params.yaml") -> TrainParams:
+    """The training run of teacher member ``name``: ``train_teacher`` with ``teachers.<name>``'s
+    overrides on top (both checked as strictly as any section).
+
+    Raises:
+        ParamsError: an unknown member (naming those that exist) or a bad key.
+    """
+    members = load("teachers", path)
+    if name not in members:
+        raise ParamsError(f"no teacher member {name!r} in {path}; members: {', '.join(members)}")
+    return members[name]

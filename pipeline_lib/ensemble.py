@@ -1,46 +1,42 @@
-"""Combine teachers trained apart into one ensemble teacher, scored on val.
+"""One teacher from several members: checkpoints of any architectures, averaged in probability.
 
-``train_teacher.ensemble: N`` trains the N members one after another inside one stage. Members
-trained apart (``train_teacher.seed: k`` on several machines at once, or runs already in the
-DVC cache) combine here into the very checkpoint the stage would have written: member ``k`` of
-``ensemble: N`` is the single teacher of seed ``seed + k``, so seeds 0, 1, 2 combined equal
-``ensemble: 3``. The output folder holds ``model.pt`` and ``val_logits.npy`` like the
-train_teacher stage's, so ``calibrate`` and ``distill`` take it unchanged:
-
-    python -m pipeline_lib.ensemble --members t0/model.pt t1/model.pt t2/model.pt \\
-        --out ensemble --metrics ensemble.json
-
-Only val is read (the members' and the ensemble's val ROC-AUC); the test split never is.
+Each teacher member trains in its own ``train_teacher@<name>`` stage (so a member's change
+retrains only that member, and members can train on different machines); the ``teacher``
+stage combines them here into one checkpoint that ``calibrate`` and ``distill`` take as they
+would a single model. Members must share the task and the input size; architecture, weights
+and input normalisation may differ. Only val is read.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from pipeline_lib import artifacts, config, models, runs
+from pipeline_lib import models
 
-# What every member must share for one preprocessing and one output to serve them all.
-SHARED_KEYS = ("arch", "task", "global_pool", "drop_rate", "image_size")
+# What every member must share for one input and one output to serve them all.
+SHARED_KEYS = ("task", "image_size")
+# What rebuilds one member inside an ensemble checkpoint (models.load_checkpoint).
+MEMBER_KEYS = ("arch", "global_pool", "drop_rate", "color_constancy", "pretrained")
 
 
-def combine(paths: list[str | Path]) -> tuple[models.Ensemble, list[dict]]:
-    """The ensemble of the single-model checkpoints ``paths`` and each one's metadata.
+def combine(paths: list[str | Path]) -> tuple[models.Classifier | models.Ensemble, dict]:
+    """The teacher of the single-model checkpoints ``paths`` and its checkpoint metadata.
+
+    One path gives that model back unchanged; several give a :class:`models.Ensemble` whose
+    metadata lists each member (``members``) and names the architectures joined by ``+``.
 
     Raises:
-        models.CheckpointError: fewer than two files, a file that is already an ensemble, or
-            one whose architecture, task, pooling, dropout or input size differs from the
-            first's (named with both values).
+        models.CheckpointError: no path, a file that is already an ensemble, or members whose
+            task or input size differ (named with both values).
     """
-    if len(paths) < 2:
-        raise models.CheckpointError(f"an ensemble needs two or more checkpoints, got {len(paths)}")
+    if not paths:
+        raise models.CheckpointError("a teacher needs at least one member checkpoint")
     loaded = [models.load_checkpoint(p) for p in paths]
     first = loaded[0][1]
     for path, (model, meta) in zip(paths, loaded, strict=True):
         if isinstance(model, models.Ensemble):
             raise models.CheckpointError(
-                f"{path} is already an ensemble of {meta['members']}: pass its members' checkpoints"
+                f"{path} is already an ensemble: pass its members' checkpoints"
             )
         for key in SHARED_KEYS:
             if meta[key] != first[key]:
@@ -48,40 +44,13 @@ def combine(paths: list[str | Path]) -> tuple[models.Ensemble, list[dict]]:
                     f"{path} has {key}={meta[key]!r} but {paths[0]} has {key}={first[key]!r}: "
                     f"ensemble members must agree on {', '.join(SHARED_KEYS)}"
                 )
-    return models.Ensemble([model for model, _ in loaded]).eval(), [m for _, m in loaded]
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--members", nargs="+", required=True, help="model.pt of each teacher")
-    ap.add_argument("--out", required=True, help="folder for model.pt and val_logits.npy")
-    ap.add_argument("--metrics", required=True, help="metrics JSON, as train_teacher writes it")
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--split", default="data/split")
-    ap.add_argument("--params", default="params.yaml", help="for metrics.ece_bins")
-    args = ap.parse_args(argv)
-    ece_bins = config.load("metrics", args.params).ece_bins
-    ensemble, metas = combine(args.members)
-    meta = metas[0]
-    val = runs.load_split(args.prepared, args.split, "val")
-    member_auc = [
-        runs.score_val(m, val, meta["image_size"], meta["task"], ece_bins)[1]["val_roc_auc"]
-        for m in ensemble.members
-    ]
-    z, best = runs.score_val(ensemble, val, meta["image_size"], meta["task"], ece_bins)
-    keep = {k: meta[k] for k in (*SHARED_KEYS, "best_epoch") if k in meta}
-    runs.save_model(args.out, ensemble, keep, z)
-    summary = {
-        "arch": meta["arch"],
-        "task": meta["task"],
-        "params": models.count_parameters(ensemble),
-        **best,
-        **runs.member_summary(member_auc, [m.get("best_epoch") for m in metas]),
-        "member_checkpoints": [str(p) for p in args.members],
+    if len(loaded) == 1:
+        return loaded[0]
+    metas = [meta for _, meta in loaded]
+    meta = {
+        **{k: first[k] for k in (*SHARED_KEYS, "global_pool", "drop_rate")},
+        "arch": "+".join(m["arch"] for m in metas),
+        "members": [{k: m.get(k, 0) for k in MEMBER_KEYS} for m in metas],
+        "best_epoch": [m.get("best_epoch") for m in metas],
     }
-    artifacts.write_json(args.metrics, summary)
-    print(json.dumps({k: summary[k] for k in ("val_roc_auc", "member_val_roc_auc")}))
-
-
-if __name__ == "__main__":
-    main()
+    return models.Ensemble([model for model, _ in loaded]).eval(), meta

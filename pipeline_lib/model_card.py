@@ -26,8 +26,16 @@ FILE_KINDS = {
     "int8-onnx": "ONNX, QDQ",
 }
 REPORTS = (
-    "prepare", "split", "train_teacher", "calibrate", "distill", "quantize", "evaluate", "benchmark",
+    "prepare", "split", "teacher", "calibrate", "distill", "quantize", "evaluate", "benchmark",
 )  # fmt: skip
+
+
+def _start(pretrained: str) -> str:
+    if pretrained in ("false", False):
+        return "from scratch (no pretrained weights)"
+    if pretrained == "imagenet":
+        return "from ImageNet weights"
+    return f"from the weights file {pretrained}"
 
 
 class ConsistencyError(ValueError):
@@ -117,7 +125,8 @@ def _model(points: dict[str, OperatingPoint], r: dict) -> list[str]:
         + "; the logit is divided by a temperature "
         "fitted on the validation split (calibrated probability), and the decision compares "
         "that probability with a threshold chosen on the validation split.",
-        f"- **Training**: from scratch (no pretrained weights) on the HAM10000 train split, "
+        f"- **Training**: {_start(distill.get('pretrained', 'false'))}, fine-tuned on the HAM10000 "
+        "train split, "
         f"distilled from a {distill['teacher_arch']} teacher (KD temperature "
         f"{distill['kd_temperature']:g}, alpha {distill['kd_alpha']:g}, teacher calibrated "
         f"with T = {distill['teacher_temperature']:.3f}); {distill['epochs_run']} epochs, best "
@@ -316,7 +325,7 @@ def _limits(points: dict[str, OperatingPoint], evaluate: dict, worst: list[str])
         "",
         "- **Research tool, not a diagnosis.** No regulator has reviewed it; do not use it on "
         "patients.",
-        "- **One data set, no external validation**: trained from scratch on HAM10000 only "
+        "- **One data set, no external validation**: trained on HAM10000 only "
         "(dermoscopy from two centres, Vienna and Queensland, mostly fair skin; skin type is not "
         "recorded). Its figures on other cameras, clinics or populations are unknown.",
         f"- **Many false alarms by design**: at the operating point "

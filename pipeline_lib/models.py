@@ -37,7 +37,7 @@ class TinyCNN(nn.Module):
     """A DSNet-like student of about 0.26M parameters: three conv blocks with max pooling.
 
     The first convolution has stride 2: without early downsampling a model this small costs
-    more compute than ResNet-18 at 128 px (measured, shared/FACTS.md).
+    more compute than ResNet-18 at 128 px (measured on a 2-core CPU: docs/profiling.md).
     """
 
     def __init__(
@@ -95,11 +95,26 @@ def shades_of_gray(x: torch.Tensor, p: int, gray: float = GRAY) -> torch.Tensor:
     return x * (gray / illuminant.clamp_min(1e-3))
 
 
+def input_normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the backbone's weights expect (timm's ``pretrained_cfg``).
+
+    The EfficientNet-Lite family was trained on ``(x - 0.5) / 0.5``; most timm models on
+    ImageNet's mean and std, which is also the default for a model without a config.
+    """
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
+    return mean, std
+
+
 class Classifier(nn.Module):
     """A backbone with its input normalisation built in; outputs raw logits.
 
-    ``color_constancy``: 0 = off; p > 0 = :func:`shades_of_gray` with that p before the usual
-    mean/std normalisation, so exported files carry it and a phone app feeds raw pixels.
+    The mean and std are the ones the backbone's weights expect (:func:`input_normalization`);
+    they are buffers, so checkpoints, ``.pte`` and ``.onnx`` files carry them and a phone app
+    feeds ``[0, 1]`` pixels whatever the architecture.
+    ``color_constancy``: 0 = off; p > 0 = :func:`shades_of_gray` with that p before the
+    mean/std normalisation.
     """
 
     def __init__(self, backbone: nn.Module, task: str, color_constancy: int = 0):
@@ -109,8 +124,9 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.task = task
         self.color_constancy = color_constancy
-        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1))
+        mean, std = input_normalization(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.color_constancy:
@@ -123,7 +139,8 @@ class Ensemble(nn.Module):
     """Several classifiers of one task averaged in probability; outputs logits of that average.
 
     Binary: ``logit(mean_i sigmoid(z_i))``; dx: ``log(mean_i softmax(z_i))``, whose softmax is
-    the mean of the members' probabilities. A teacher ensemble is a drop-in teacher.
+    the mean of the members' probabilities. Members may differ in architecture, weights and
+    input normalisation (each normalises its own input). A teacher ensemble is a drop-in teacher.
     """
 
     def __init__(self, members: list[Classifier]):
@@ -155,7 +172,9 @@ def create(
         color_constancy: 0, or the p of :func:`shades_of_gray` applied to the input.
         pretrained: ``False`` (from scratch), ``True`` (timm hub weights; needs network or
             the HF cache) or a path to a local weights file (a state_dict, a timm/torchvision
-            file or a checkpoint of this project) for the same architecture.
+            file, a converted package checkpoint or a checkpoint of this project) for the same
+            architecture. :func:`pipeline_lib.weights.resolve` turns ``pretrained: imagenet``
+            into one of these.
     """
     if task not in NUM_OUTPUTS:
         raise ValueError(f"task must be one of {list(NUM_OUTPUTS)}, not {task!r}")
@@ -194,9 +213,12 @@ def load_backbone_weights(model: Classifier, path: str | os.PathLike, arch: str)
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in fitting and k not in head_keys]
     if missing or len(fitting) < 0.5 * len(own):
+        first = missing[0] if missing else next(k for k in own if k not in fitting)
+        found = f"shape {tuple(state[first].shape)}" if first in state else "absent"
         raise CheckpointError(
             f"weights file {path} does not fit architecture {arch!r}: {len(missing)} of its "
-            f"tensors are missing or have another shape (first: {missing[:3]})"
+            f"tensors are missing or have another shape; first: {first!r} needs "
+            f"{tuple(own[first].shape)}, the file has {found}"
         )
     model.backbone.load_state_dict(fitting, strict=False)
 
@@ -206,7 +228,7 @@ def save_checkpoint(
 ) -> None:
     """Write ``model`` with everything needed to rebuild it (atomically)."""
     blob = dict(meta)
-    if isinstance(model, Ensemble):
+    if isinstance(model, Ensemble) and "members" not in blob:
         blob["members"] = len(model.members)
     blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     missing = [k for k in CHECKPOINT_KEYS if k not in blob]
@@ -221,7 +243,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dict[str, Any]]:
     """Rebuild a model from a checkpoint written by :func:`save_checkpoint` (in eval mode).
 
-    A checkpoint with ``members: n > 1`` in its metadata holds an :class:`Ensemble` of ``arch``.
+    A checkpoint whose metadata has ``members`` holds an :class:`Ensemble`: ``members`` is a
+    list of each member's ``arch``, ``global_pool``, ``drop_rate`` and ``color_constancy``
+    (members of different architectures), or a count ``n`` of members of ``arch``.
     """
     path = Path(path)
     if not path.is_file():
@@ -234,17 +258,20 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dic
         raise CheckpointError(
             f"{path} is not a melanoma-kd checkpoint (expected keys {list(CHECKPOINT_KEYS)})"
         )
+    specs = blob.get("members", 1)
+    if isinstance(specs, int):
+        specs = [blob] * specs
     members = [
         create(
-            blob["arch"],
+            spec["arch"],
             blob["task"],
-            blob["global_pool"],
-            blob["drop_rate"],
-            color_constancy=blob.get("color_constancy", 0),  # absent before session 8: off
+            spec["global_pool"],
+            spec["drop_rate"],
+            color_constancy=spec.get("color_constancy", 0),  # older checkpoints: off
         )  # fmt: skip
-        for _ in range(blob.get("members", 1))
+        for spec in specs
     ]
-    model = members[0] if len(members) == 1 else Ensemble(members)
+    model = Ensemble(members) if "members" in blob else members[0]
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:

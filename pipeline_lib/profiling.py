@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--split", default="data/split")
-    parser.add_argument("--teacher", default="data/train_teacher/model.pt")
+    parser.add_argument("--teacher", default="data/teacher/model.pt")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args()

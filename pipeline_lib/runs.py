@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,38 @@ from pipeline_lib import (
     models,
     tracking,
     training,
+    weights,
 )
 from pipeline_lib.config import AugmentParams, TrainParams
 
 
-def create_model(params: TrainParams) -> models.Classifier:
-    """The untrained model a training section of ``params.yaml`` describes."""
+def create_model(params: TrainParams, weights_dir: str | Path | None = None) -> models.Classifier:
+    """The untrained model a training section of ``params.yaml`` describes.
+
+    ``pretrained: imagenet`` takes ``weights_dir/<arch>.pth`` when the ``weights`` stage wrote
+    one, else timm's hub weights (:func:`pipeline_lib.weights.resolve`).
+    """
+    pretrained = weights.resolve(params.arch, params.pretrained, weights_dir)
     return models.create(
-        params.arch, params.task, params.global_pool, params.drop_rate, params.pretrained,
+        params.arch, params.task, params.global_pool, params.drop_rate, pretrained,
         color_constancy=params.color_constancy,
     )  # fmt: skip
+
+
+def checkpoint_meta(params: TrainParams, model: models.Classifier, best_epoch: int) -> dict:
+    """What a checkpoint records beside the weights: enough to rebuild, and where it began."""
+    return {
+        "arch": params.arch,
+        "task": params.task,
+        "global_pool": params.global_pool,
+        "drop_rate": params.drop_rate,
+        "image_size": params.image_size,
+        "color_constancy": params.color_constancy,
+        "pretrained": params.pretrained or "false",
+        "input_mean": model.mean.flatten().tolist(),
+        "input_std": model.std.flatten().tolist(),
+        "best_epoch": best_epoch,
+    }
 
 
 def load_split(prepared: str | Path, split_dir: str | Path, name: str) -> data.Prepared:
@@ -80,16 +101,7 @@ def save_model(out_dir: str | Path, model: nn.Module, meta: dict, val_logits: np
         np.save(f, val_logits)
 
 
-def member_summary(val_roc_auc: list[float], best_epoch: list[int]) -> dict:
-    """The metrics an ensemble adds: its size and each member's val ROC-AUC and best epoch."""
-    return {
-        "members": len(val_roc_auc),
-        "member_val_roc_auc": [round(v, 4) for v in val_roc_auc],
-        "member_best_epoch": list(best_epoch),
-    }
-
-
-def _fit_member(
+def _fit(
     model: nn.Module,
     objective: training.Objective,
     params: TrainParams,
@@ -109,7 +121,7 @@ def _fit_member(
 
 
 def train_and_save(
-    members: list[models.Classifier],
+    model: models.Classifier,
     objective: training.Objective,
     params: TrainParams,
     aug: AugmentParams,
@@ -126,56 +138,21 @@ def train_and_save(
 
     ``train_prior`` (prior logits by ``image_id``) rides along with the train targets, for a
     distillation objective with a feature prior.
-
-    Member ``k`` of ``members`` trains with seed ``params.seed + k`` (its dvclive curves under
-    ``live_dir/member<k>`` for ``k > 0``); several members are saved as one
-    :class:`~pipeline_lib.models.Ensemble` checkpoint, scored on val as the ensemble.
     """
     train = subsample(
         load_split(prepared, split_dir, "train"), params.max_train_images, params.seed
     )
     val = load_split(prepared, split_dir, "val")
-    fits = [
-        _fit_member(
-            model,
-            objective,
-            dataclasses.replace(params, seed=params.seed + k),
-            aug,
-            ece_bins,
-            train,
-            val,
-            Path(live_dir) / (f"member{k}" if k else ""),
-            train_prior,
-        )
-        for k, model in enumerate(members)
-    ]
-    result = fits[0]
+    result = _fit(model, objective, params, aug, ece_bins, train, val, Path(live_dir), train_prior)
     if result.rank != 0:
         return result
-    if len(fits) > 1:
-        ensemble = models.Ensemble([f.model for f in fits]).eval()
-        z, best = score_val(ensemble, val, params.image_size, params.task, ece_bins)
-        result = dataclasses.replace(
-            result,
-            model=ensemble,
-            val_logits=z,
-            best_metrics=best,
-            seconds=sum(f.seconds for f in fits),
-        )
-    meta = {
-        "arch": params.arch,
-        "task": params.task,
-        "global_pool": params.global_pool,
-        "drop_rate": params.drop_rate,
-        "image_size": params.image_size,
-        "color_constancy": params.color_constancy,
-        "best_epoch": result.best_epoch,
-    }
-    save_model(out_dir, result.model, meta, result.val_logits)
+    save_model(out_dir, result.model, checkpoint_meta(params, model, result.best_epoch),
+               result.val_logits)  # fmt: skip
     best = result.best_metrics
     summary = {
         "arch": params.arch,
         "task": params.task,
+        "pretrained": params.pretrained or "false",
         "params": models.count_parameters(result.model),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -184,9 +161,5 @@ def train_and_save(
         **{k: v for k, v in best.items() if k.startswith("val_")},
         **(extra_metrics or {}),
     }
-    if len(fits) > 1:
-        summary |= member_summary(
-            [f.best_metrics["val_roc_auc"] for f in fits], [f.best_epoch for f in fits]
-        )
     artifacts.write_json(metrics_path, summary)
     return result

@@ -260,6 +260,44 @@ def epoch_order(labels: np.ndarray, oversample: float, g: torch.Generator) -> to
     return torch.multinomial(weights, n, replacement=True, generator=g)
 
 
+def create_optimizer(
+    net: nn.Module, params: TrainParams
+) -> tuple[torch.optim.Optimizer, list[bool]]:
+    """AdamW with timm's parameter groups (no weight decay on norms and biases).
+
+    With ``params.backbone_lr_scale != 1`` or ``params.freeze_epochs > 0`` the backbone and the
+    classifier head get groups of their own: the backbone's learning rate is ``lr`` times the
+    scale (pretrained features move less than a fresh head). Returns the optimizer and, per
+    group, whether it holds backbone parameters (the scheduler holds those at 0 while frozen).
+    """
+    if params.backbone_lr_scale == 1.0 and params.freeze_epochs == 0:
+        optimizer = create_optimizer_v2(
+            net, "adamw", lr=params.lr, weight_decay=params.weight_decay
+        )
+        return optimizer, [False] * len(optimizer.param_groups)
+    head = distributed.unwrap(net).backbone.get_classifier()
+    head_ids = {id(p) for p in head.parameters()}
+    groups = []
+    for part_is_backbone in (True, False):
+        wanted = [
+            (n, p) for n, p in net.named_parameters() if (id(p) in head_ids) != part_is_backbone
+        ]
+        scale = params.backbone_lr_scale if part_is_backbone else 1.0
+        for decay in (True, False):
+            chosen = [p for n, p in wanted if (p.ndim > 1 and not n.endswith(".bias")) == decay]
+            if chosen:
+                groups.append({
+                    "params": chosen,
+                    "lr": params.lr * scale,
+                    "weight_decay": params.weight_decay if decay else 0.0,
+                    "is_backbone": part_is_backbone,
+                })  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [{k: v for k, v in g.items() if k != "is_backbone"} for g in groups], lr=params.lr
+    )
+    return optimizer, [g["is_backbone"] for g in groups]
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -301,12 +339,19 @@ def fit(
     module = distributed.unwrap(net)
     if isinstance(objective, Supervised):
         objective = objective.to(ctx.device)
-    optimizer = create_optimizer_v2(net, "adamw", lr=params.lr, weight_decay=params.weight_decay)
+    optimizer, is_backbone = create_optimizer(net, params)
     # Warm-up makes the average follow the weights early on (decay 1 - (1 + step)^(-2/3)).
     ema = ModelEmaV3(module, params.ema_decay, use_warmup=True) if params.ema_decay else None
     mixing = params.mixup_alpha > 0 or params.cutmix_alpha > 0
+    frozen = round(params.freeze_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total, warmup)
+        optimizer,
+        [
+            (lambda s: 0.0 if s < frozen else warmup_cosine(s - frozen, total - frozen, warmup))
+            if backbone
+            else (lambda s: warmup_cosine(s, total, warmup))
+            for backbone in is_backbone
+        ],
     )
     on_gpu = ctx.device.type == "cuda"
     mixed = params.bf16 or on_gpu
@@ -374,7 +419,7 @@ def fit(
         row = {f"train_{k}": float(v / sums[-1]) for k, v in zip(PARTS, sums[:3], strict=True)}
         row |= val_metrics
         row |= {
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[-1]["lr"],  # the head's
             "epoch_seconds": time.perf_counter() - t0,
             "epoch": epoch + 1,
         }

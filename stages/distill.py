@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--temperature", required=True, help="calibrate's temperature.json")
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--split", required=True)
+    parser.add_argument("--weights", required=True, help="folder of converted ImageNet weights")
     parser.add_argument("--out", required=True, help="folder for model.pt and val_logits.npy")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--live", required=True, help="dvclive folder (per-epoch plots)")
@@ -30,7 +31,7 @@ def main() -> None:
     teacher, teacher_meta = models.load_checkpoint(args.teacher)
     fitted = artifacts.read_json(Path(args.temperature))["temperature"]
     teacher_temperature = fitted if kd.use_calibrated_teacher else 1.0
-    student = runs.create_model(params)
+    student = runs.create_model(params, args.weights)
     feature_prior = None
     if kd.feature_prior:
         feature_prior = prior.for_distillation(
@@ -55,7 +56,7 @@ def main() -> None:
         **({} if feature_prior is None else feature_prior.summary()),
     }
     result = runs.train_and_save(
-        [student], objective, params, aug, ece_bins, args.prepared, args.split,
+        student, objective, params, aug, ece_bins, args.prepared, args.split,
         args.out, args.metrics, args.live, extra,
         train_prior=None if feature_prior is None else feature_prior.train_logit,
     )  # fmt: skip

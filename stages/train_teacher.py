@@ -1,4 +1,4 @@
-"""train_teacher: train a timm teacher from scratch (or local weights) on the train split."""
+"""train_teacher: train one teacher member (``teachers.<name>`` over ``train_teacher``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pipeline_lib import config, runs, training
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--member", required=True, help="a key of the params' teachers section")
+    parser.add_argument("--weights", required=True, help="folder of converted ImageNet weights")
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--split", required=True)
     parser.add_argument("--out", required=True, help="folder for model.pt and val_logits.npy")
@@ -18,22 +20,20 @@ def main() -> None:
     parser.add_argument("--live", required=True, help="dvclive folder (per-epoch plots)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    params = config.load("train_teacher", args.params)
+    params = config.load_member(args.member, args.params)
     aug = config.load("augment", args.params)
     ece_bins = config.load("metrics", args.params).ece_bins
 
-    members = []
-    for k in range(params.ensemble):  # member k starts from seed + k (one seeding per member)
-        torch.manual_seed(params.seed + k)
-        members.append(runs.create_model(params))
+    torch.manual_seed(params.seed)
+    model = runs.create_model(params, args.weights)
     objective = training.Supervised(params.task, params.loss, params.pos_weight, params.focal_gamma)
     result = runs.train_and_save(
-        members, objective, params, aug, ece_bins, args.prepared, args.split,
-        args.out, args.metrics, args.live,
+        model, objective, params, aug, ece_bins, args.prepared, args.split,
+        args.out, args.metrics, args.live, {"member": args.member},
     )  # fmt: skip
     if result.rank == 0:
         print(
-            f"train_teacher: best val ROC-AUC {result.best_metrics['val_roc_auc']:.4f} at epoch {result.best_epoch}"
+            f"train_teacher@{args.member}: best val ROC-AUC {result.best_metrics['val_roc_auc']:.4f} at epoch {result.best_epoch}"
         )
 
 

@@ -18,7 +18,20 @@ BIN = Path(sys.executable).parent
 TINY = {
     "prepare": {"image_size": 32},
     "train_teacher": {"arch": "test_resnet", "image_size": 32, "epochs": 1, "batch_size": 16},
-    "distill": {"arch": "dsnet_tiny", "image_size": 32, "epochs": 1, "batch_size": 16},
+    # Two members of different architectures and starts: one from scratch, one from the
+    # packaged ImageNet weights (converted by the weights stage).
+    "teachers": {
+        "scratch": {"arch": "test_resnet", "pretrained": False},
+        "lite0": {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "lr": 1.0e-3},
+    },
+    "distill": {
+        "arch": "dsnet_tiny",
+        "pretrained": False,
+        "bf16": False,
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 16,
+    },
     "baselines": {"feature_size": 32},
     "quantize": {"calibration_images": 16, "qat_epochs": 1},
     "benchmark": {"warmup": 1, "runs": 3, "threads": [1], "throughput_batch": 4},
@@ -48,7 +61,9 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["root"] = str(root.parent / f"{root.name}_ham")
     for section, values in TINY.items():
-        if section in params:
+        if section == "teachers":
+            params[section] = values
+        elif section in params:
             params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (
@@ -71,16 +86,18 @@ def test_repro_writes_every_metrics_file(project, repro):
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     expected = {
-        "train_teacher": {"val_roc_auc", "best_epoch", "train_seconds", "params"},
+        "train_teacher/scratch": {"val_roc_auc", "best_epoch", "train_seconds", "params"},
+        "train_teacher/lite0": {"val_roc_auc", "best_epoch", "pretrained"},
+        "teacher": {"val_roc_auc", "members", "scratch_val_roc_auc", "lite0_val_roc_auc"},
         "calibrate": {"temperature", "val_ece_before", "val_ece_after", "val_nll_after"},
         "distill": {"val_roc_auc", "kd_alpha", "kd_temperature", "teacher_temperature"},
     }
     for name, keys in expected.items():
-        if name in stages:
+        if name.split("/")[0] in stages:
             data = json.loads((project / "metrics" / f"{name}.json").read_text())
             assert keys <= set(data), name
     for name in stages:
-        if name != "split":
+        if name not in ("split", "train_teacher"):
             assert (project / "metrics" / f"{name}.json").is_file(), name
     split = json.loads((project / "data/split/split_metadata.json").read_text())
     assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
