@@ -3,7 +3,7 @@
 One affine warp per image (random resized crop, any rotation, flips) through ``affine_grid`` +
 ``grid_sample``, then mild colour jitter, all on the whole batch at once: several thousand
 images per second on two cores, against ~500 for per-sample torchvision transforms
-(shared/FACTS.md). Every random draw comes from the generator passed in.
+(docs/profiling.md). Every random draw comes from the generator passed in.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Non
     """Export a float model to ONNX (opset 17) at ``example``'s image size, batch dynamic.
 
     ``dynamo=False`` uses the TorchScript exporter: the default dynamo exporter needs
-    ``onnxscript``, which is not installed (shared/FACTS.md).
+    ``onnxscript``, which is not installed (docs/profiling.md).
     """
     with artifacts.atomic_path(path) as tmp:
         torch.onnx.export(
@@ -76,8 +76,8 @@ class OnnxRuntimeModule(nn.Module):
     Exported on the first call, at that batch's image size (batch dimension dynamic); ORT
     folds batch norm into the convolutions and fuses the activations: a ResNet-18 teacher's
     forward at batch 64, 128 px took 340-399 ms per distillation step against 406-452 ms in
-    eager PyTorch on this 2-core CPU, and a distillation epoch 70-85 s against 84-96 s (README,
-    "Profiling"). Outputs agree with the PyTorch model to float rounding (about 1e-6). The
+    eager PyTorch on this 2-core CPU, and a distillation epoch 70-85 s against 84-96 s
+    (docs/profiling.md). Outputs agree with the PyTorch model to float rounding (about 1e-6). The
     result is a CPU float32 tensor moved to the input's device; no gradient.
     """
 

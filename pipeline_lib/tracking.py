@@ -9,7 +9,7 @@ from dvclive import Live
 
 def open_live(directory: str) -> Live:
     """A dvclive logger writing under ``directory`` without touching dvc.yaml."""
-    # dvcyaml=False: otherwise Live rewrites the pipeline's dvc.yaml (shared/FACTS.md).
+    # dvcyaml=False: otherwise Live rewrites the pipeline's dvc.yaml (docs/profiling.md).
     return Live(directory, dvcyaml=False, save_dvc_exp=False, report=None)
 
 
