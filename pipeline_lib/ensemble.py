@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_lib import models
+from pipeline_lib import artifacts, data, models, runs
 
 # What every member must share for one input and one output to serve them all.
 SHARED_KEYS = ("task", "image_size")
@@ -54,3 +54,31 @@ def combine(paths: list[str | Path]) -> tuple[models.Classifier | models.Ensembl
         "best_epoch": [m.get("best_epoch") for m in metas],
     }
     return models.Ensemble([model for model, _ in loaded]).eval(), meta
+
+
+def write_teacher(
+    members: dict[str, str | Path],
+    val: data.Prepared,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    ece_bins: int,
+) -> dict:
+    """Combine ``members`` (name -> ``model.pt``) and write the teacher the later stages read.
+
+    Writes ``out_dir/model.pt``, ``out_dir/val_logits.npy`` and the metrics: the teacher's
+    val figures, its size and each member's val ROC-AUC (``<name>_val_roc_auc``).
+
+    Returns:
+        The metrics written.
+    """
+    teacher, meta = combine(list(members.values()))
+    z, scores = runs.score_val(teacher, val, meta["image_size"], meta["task"], ece_bins)
+    runs.save_model(out_dir, teacher, meta, z)
+    summary = {"arch": meta["arch"], "members": len(members), **scores}
+    if isinstance(teacher, models.Ensemble):
+        for name, member in zip(members, teacher.members, strict=True):
+            auc = runs.score_val(member, val, meta["image_size"], meta["task"], ece_bins)[1]
+            summary[f"{name}_val_roc_auc"] = auc["val_roc_auc"]
+    summary["params"] = models.count_parameters(teacher)
+    artifacts.write_json(metrics_path, summary)
+    return summary

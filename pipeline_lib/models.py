@@ -66,6 +66,10 @@ class TinyCNN(nn.Module):
         self.num_features = 120
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(120, num_classes))
 
+    def get_classifier(self) -> nn.Module:
+        """The classifier head, as timm models name it (fine-tuning gives it its own lr)."""
+        return self.head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
 

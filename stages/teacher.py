@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline_lib import artifacts, config, ensemble, models, runs
+from pipeline_lib import config, ensemble, runs
 
 
 def main() -> None:
@@ -20,18 +20,10 @@ def main() -> None:
     names = list(config.load("teachers", args.params))
     ece_bins = config.load("metrics", args.params).ece_bins
 
-    teacher, meta = ensemble.combine([Path(args.members) / n / "model.pt" for n in names])
     val = runs.load_split(args.prepared, args.split, "val")
-    z, scores = runs.score_val(teacher, val, meta["image_size"], meta["task"], ece_bins)
-    runs.save_model(args.out, teacher, meta, z)
-    summary = {"arch": meta["arch"], "members": len(names), **scores}
-    if isinstance(teacher, models.Ensemble):
-        for name, member in zip(names, teacher.members, strict=True):
-            auc = runs.score_val(member, val, meta["image_size"], meta["task"], ece_bins)[1]
-            summary[f"{name}_val_roc_auc"] = auc["val_roc_auc"]
-    summary["params"] = models.count_parameters(teacher)
-    artifacts.write_json(args.metrics, summary)
-    print(f"teacher ({meta['arch']}): val ROC-AUC {scores['val_roc_auc']:.4f}")
+    members = {name: Path(args.members) / name / "model.pt" for name in names}
+    summary = ensemble.write_teacher(members, val, args.out, args.metrics, ece_bins)
+    print(f"teacher ({summary['arch']}): val ROC-AUC {summary['val_roc_auc']:.4f}")
 
 
 if __name__ == "__main__":

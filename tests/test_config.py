@@ -58,7 +58,7 @@ def test_mistyped_value_is_named(tmp_path, tree, section, key, value):
         config.load(section, _write(tmp_path, tree))
 
 
-def test_int_is_accepted_as_float_and_pretrained_takes_bool_or_path(tmp_path, tree):
+def test_int_is_accepted_as_float_and_pretrained_takes_false_imagenet_or_path(tmp_path, tree):
     tree["kd"]["alpha"] = 1
     tree["train_teacher"]["pretrained"] = "weights/resnet18.pth"
     path = _write(tmp_path, tree)
@@ -82,4 +82,49 @@ def test_params_are_frozen():
 def test_negative_color_constancy_is_named(tmp_path, tree):
     tree["distill"]["color_constancy"] = -6
     with pytest.raises(config.ParamsError, match="color_constancy"):
+        config.load("distill", _write(tmp_path, tree))
+
+
+def test_teacher_member_overrides_the_shared_section(tmp_path, tree):
+    tree["teachers"] = {"a": {}, "b": {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet"}}
+    tree["train_teacher"]["epochs"] = 7
+    path = _write(tmp_path, tree)
+    a, b = config.load_member("a", path), config.load_member("b", path)
+    assert (a.arch, a.pretrained, a.epochs) == (tree["train_teacher"]["arch"], False, 7)
+    assert (b.arch, b.pretrained, b.epochs) == ("tf_efficientnet_lite0", "imagenet", 7)
+
+
+def test_unknown_member_and_member_typo_are_named(tmp_path, tree):
+    path = _write(tmp_path, tree)
+    with pytest.raises(config.ParamsError, match="no teacher member 'lite9'.*resnet18, lite0"):
+        config.load_member("lite9", path)
+    tree["teachers"]["lite0"]["epoch"] = 3
+    with pytest.raises(config.ParamsError, match=r"teachers\.lite0\.epoch\b"):
+        config.load("kd", _write(tmp_path, tree))
+
+
+def test_member_value_of_the_wrong_type_is_named(tmp_path, tree):
+    tree["teachers"]["lite0"]["lr"] = "fast"
+    with pytest.raises(config.ParamsError, match=r"teachers\.lite0\.lr"):
+        config.load("train_teacher", _write(tmp_path, tree))
+
+
+def test_empty_teachers_section_is_refused(tmp_path, tree):
+    tree["teachers"] = {}
+    with pytest.raises(config.ParamsError, match="'teachers' must map one or more member"):
+        config.load("distill", _write(tmp_path, tree))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("pretrained", True, "pretrained must be false, imagenet or a weights file path"),
+        ("freeze_epochs", -1.0, "freeze_epochs must be in"),
+        ("freeze_epochs", 99.0, "freeze_epochs must be in"),
+        ("backbone_lr_scale", 0.0, "backbone_lr_scale must be > 0"),
+    ],
+)
+def test_fine_tuning_settings_are_checked(tmp_path, tree, key, value, message):
+    tree["distill"][key] = value
+    with pytest.raises(config.ParamsError, match=message):
         config.load("distill", _write(tmp_path, tree))

@@ -1,4 +1,4 @@
-"""Teacher ensembles: probability averaging, checkpoint round trip, and the stage's training path."""
+"""Teacher ensembles: probability averaging, mixed-architecture checkpoints, the teacher stage."""
 
 import dataclasses
 import json
@@ -42,21 +42,38 @@ def test_ensemble_members_must_share_a_task():
         models.Ensemble([*_members("binary", 1), *_members("dx", 1)])
 
 
-def test_ensemble_checkpoint_round_trip(tmp_path):
-    ensemble = models.Ensemble(_members("dx", 2))
-    meta = {"arch": "dsnet_tiny", "task": "dx", "global_pool": "avg", "drop_rate": 0.0}
-    models.save_checkpoint(tmp_path / "model.pt", ensemble, meta | {"image_size": 32})
-    loaded, loaded_meta = models.load_checkpoint(tmp_path / "model.pt")
-    assert isinstance(loaded, models.Ensemble) and loaded_meta["members"] == 2
+def test_mixed_architecture_ensemble_checkpoint_round_trip(tmp_path):
+    """Members of different architectures and input normalisations rebuild from one file."""
+    torch.manual_seed(0)
+    lite = models.create("tf_efficientnet_lite0", "dx").eval()
+    scratch = models.create("dsnet_tiny", "dx", global_pool="max", drop_rate=0.1).eval()
+    assert lite.mean.flatten().tolist() == [0.5] * 3  # the Lite family's own normalisation
+    assert scratch.mean.flatten().tolist() != [0.5] * 3
+    paths = []
+    for name, model, arch, pool in (("a", lite, "tf_efficientnet_lite0", "avg"),
+                                    ("b", scratch, "dsnet_tiny", "max")):  # fmt: skip
+        meta = {"arch": arch, "task": "dx", "global_pool": pool, "drop_rate": 0.1,
+                "image_size": 32, "best_epoch": 1}  # fmt: skip
+        models.save_checkpoint(tmp_path / f"{name}.pt", model, meta)
+        paths.append(tmp_path / f"{name}.pt")
+    teacher, meta = ensemble.combine(paths)
+    assert meta["arch"] == "tf_efficientnet_lite0+dsnet_tiny"
+    assert [m["arch"] for m in meta["members"]] == ["tf_efficientnet_lite0", "dsnet_tiny"]
+    models.save_checkpoint(tmp_path / "teacher.pt", teacher, meta)
+    loaded, loaded_meta = models.load_checkpoint(tmp_path / "teacher.pt")
+    assert isinstance(loaded, models.Ensemble) and len(loaded.members) == 2
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), ensemble.eval()(x))
+        torch.testing.assert_close(loaded(x), models.Ensemble([lite, scratch]).eval()(x))
+        # The reference: each member's softmax, averaged by hand.
+        mean = (torch.softmax(lite(x), -1) + torch.softmax(scratch(x), -1)) / 2
+        torch.testing.assert_close(torch.softmax(loaded(x), -1), mean)
 
 
-def test_ensemble_must_be_positive():
-    base = config.load("train_teacher", REPO / "params.yaml")
-    with pytest.raises(config.ParamsError, match="train_teacher.ensemble"):
-        dataclasses.replace(base, ensemble=0)
+def test_one_member_teacher_is_that_member(tmp_path):
+    path = _save(tmp_path / "a.pt")
+    teacher, meta = ensemble.combine([path])
+    assert isinstance(teacher, models.Classifier) and "members" not in meta
 
 
 def _prepared_and_split(tmp_path, prepared):
@@ -72,70 +89,48 @@ def _prepared_and_split(tmp_path, prepared):
     return root
 
 
-def _train_teacher(tmp_path, root, name, seed=0, ensemble=1):
-    """What the train_teacher stage does for a one-epoch dsnet_tiny teacher; outputs under ``name``."""
+def _train_member(tmp_path, root, name, arch, seed=0):
+    """What a train_teacher@<name> stage does for a one-epoch teacher; outputs under ``name``."""
     params = dataclasses.replace(
         config.load("train_teacher", REPO / "params.yaml"),
-        arch="dsnet_tiny", task="binary", loss="bce", image_size=32, epochs=1, batch_size=16,
-        drop_rate=0.0, warmup_epochs=0.0, ensemble=ensemble, seed=seed, device="cpu",
+        arch=arch, task="binary", loss="bce", image_size=32, epochs=1, batch_size=16,
+        drop_rate=0.0, warmup_epochs=0.0, seed=seed, device="cpu", bf16=False,
     )  # fmt: skip
     aug = config.load("augment", REPO / "params.yaml")
-    members = []
-    for k in range(ensemble):  # as stages/train_teacher.py seeds them
-        torch.manual_seed(seed + k)
-        members.append(models.create("dsnet_tiny", "binary", drop_rate=0.0))
+    torch.manual_seed(seed)
+    model = models.create(arch, "binary", drop_rate=0.0)
     return runs.train_and_save(
-        members, training.Supervised("binary", "bce"), params, aug, 15, root, tmp_path,
+        model, training.Supervised("binary", "bce"), params, aug, 15, root, tmp_path,
         tmp_path / name, tmp_path / f"{name}.json", tmp_path / f"live_{name}",
     )  # fmt: skip
 
 
-def test_two_member_teacher_is_saved_and_scored_as_an_ensemble(tmp_path, prepared):
-    """train_and_save with two members: one Ensemble checkpoint whose val logits it wrote."""
+def test_members_trained_apart_make_the_teacher_stage_output(tmp_path, prepared):
+    """Two members of different architectures, trained by their own runs, combined and scored."""
     root = _prepared_and_split(tmp_path, prepared)
-    result = _train_teacher(tmp_path, root, "out", ensemble=2)
-    model, meta = models.load_checkpoint(tmp_path / "out" / "model.pt")
-    assert isinstance(model, models.Ensemble) and meta["members"] == 2
+    _train_member(tmp_path, root, "tiny", "dsnet_tiny")
+    _train_member(tmp_path, root, "resnet", "test_resnet", seed=1)
     val = runs.load_split(root, tmp_path, "val")
-    saved = np.load(tmp_path / "out" / "val_logits.npy")
-    np.testing.assert_allclose(inference.predict_logits(model, val.images, 32), saved, atol=1e-5)
-    summary = json.loads((tmp_path / "out.json").read_text())
-    assert summary["members"] == 2 and len(summary["member_val_roc_auc"]) == 2
-    assert summary["val_roc_auc"] == pytest.approx(result.best_metrics["val_roc_auc"])
-    # Each member logged its own dvclive curve.
-    assert (
-        tmp_path / "live_out" / "member1" / "plots" / "metrics" / "val" / "roc_auc.tsv"
-    ).is_file()
+    members = {n: tmp_path / n / "model.pt" for n in ("tiny", "resnet")}
+    summary = ensemble.write_teacher(members, val, tmp_path / "teacher", tmp_path / "t.json", 15)
+    teacher, meta = models.load_checkpoint(tmp_path / "teacher" / "model.pt")
+    assert isinstance(teacher, models.Ensemble) and meta["arch"] == "dsnet_tiny+test_resnet"
+    singles = [models.load_checkpoint(p)[0] for p in members.values()]
+    # The teacher's val logits are those of the two trained members averaged in probability.
+    p = np.mean(
+        [models.melanoma_probability(inference.predict_logits(m, val.images, 32), "binary")
+         for m in singles], 0,
+    )  # fmt: skip
+    saved = np.load(tmp_path / "teacher" / "val_logits.npy")
+    np.testing.assert_allclose(models.melanoma_probability(saved, "binary"), p, atol=1e-5)
+    labels = val.table["label"].to_numpy()
+    from sklearn.metrics import roc_auc_score
 
-
-def test_teachers_trained_apart_combine_into_the_stage_ensemble(tmp_path, prepared):
-    """Seeds 0 and 1 trained as two runs, then combined == ``ensemble: 2`` trained in one run."""
-    root = _prepared_and_split(tmp_path, prepared)
-    _train_teacher(tmp_path, root, "together", ensemble=2)
-    for seed in (0, 1):
-        _train_teacher(tmp_path, root, f"seed{seed}", seed=seed)
-    ensemble.main([
-        "--members", str(tmp_path / "seed0" / "model.pt"), str(tmp_path / "seed1" / "model.pt"),
-        "--out", str(tmp_path / "combined"), "--metrics", str(tmp_path / "combined.json"),
-        "--prepared", str(root), "--split", str(tmp_path), "--params", str(REPO / "params.yaml"),
-    ])  # fmt: skip
-    together, _ = models.load_checkpoint(tmp_path / "together" / "model.pt")
-    combined, meta = models.load_checkpoint(tmp_path / "combined" / "model.pt")
-    assert meta["members"] == 2 and meta["image_size"] == 32
-    torch.testing.assert_close(combined.state_dict(), together.state_dict())
-    np.testing.assert_allclose(
-        np.load(tmp_path / "combined" / "val_logits.npy"),
-        np.load(tmp_path / "together" / "val_logits.npy"),
-        atol=1e-6,
-    )
-    got = json.loads((tmp_path / "combined.json").read_text())
-    want = json.loads((tmp_path / "together.json").read_text())
-    for key in ("val_roc_auc", "val_ece", "member_val_roc_auc", "member_best_epoch", "members"):
-        assert got[key] == pytest.approx(want[key]), key
-    # Each member's val ROC-AUC is its own run's, recomputed from its weights.
-    for seed in (0, 1):
-        single = json.loads((tmp_path / f"seed{seed}.json").read_text())
-        assert got["member_val_roc_auc"][seed] == pytest.approx(single["val_roc_auc"], abs=1e-4)
+    assert summary["val_roc_auc"] == pytest.approx(roc_auc_score(labels, p), abs=1e-6)
+    for name in members:  # each member's figure is its own run's
+        single = json.loads((tmp_path / f"{name}.json").read_text())
+        assert summary[f"{name}_val_roc_auc"] == pytest.approx(single["val_roc_auc"], abs=1e-4)
+    assert json.loads((tmp_path / "t.json").read_text())["members"] == 2
 
 
 def _save(path, task="binary", image_size=32, n=1):
@@ -150,7 +145,7 @@ def _save(path, task="binary", image_size=32, n=1):
     [
         ({"image_size": 64}, "image_size=64 but .*a.pt has image_size=32"),
         ({"task": "dx"}, "task='dx' but .*a.pt has task='binary'"),
-        ({"n": 2}, "b.pt is already an ensemble of 2"),
+        ({"n": 2}, "b.pt is already an ensemble"),
     ],
 )
 def test_combining_mismatched_teachers_is_refused(tmp_path, second, message):
@@ -159,6 +154,6 @@ def test_combining_mismatched_teachers_is_refused(tmp_path, second, message):
         ensemble.combine(paths)
 
 
-def test_combining_needs_two_teachers(tmp_path):
-    with pytest.raises(models.CheckpointError, match="two or more checkpoints, got 1"):
-        ensemble.combine([_save(tmp_path / "a.pt")])
+def test_combining_needs_a_member():
+    with pytest.raises(models.CheckpointError, match="at least one member"):
+        ensemble.combine([])

