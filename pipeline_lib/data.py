@@ -168,3 +168,16 @@ def select(prepared: Prepared, split_table: pd.DataFrame) -> Prepared:
     """The rows of ``prepared`` listed in a split file (by its ``row`` column), in memory."""
     rows = split_table["row"].to_numpy()
     return Prepared(np.ascontiguousarray(prepared.images[rows]), prepared.table.iloc[rows])
+
+
+def read_split(split_dir: str | Path, name: str) -> pd.DataFrame:
+    """The table of one split (``train``, ``val`` or ``test``) written by the split stage."""
+    path = Path(split_dir) / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"split file {path} missing: run `dvc repro split` first")
+    return pd.read_csv(path)
+
+
+def load_split(prepared: str | Path, split_dir: str | Path, name: str) -> Prepared:
+    """One split (``train``, ``val`` or ``test``) of the prepared cache, in memory."""
+    return select(load_prepared(prepared), read_split(split_dir, name))

@@ -52,12 +52,7 @@ def checkpoint_meta(params: TrainParams, model: models.Classifier, best_epoch: i
     }
 
 
-def load_split(prepared: str | Path, split_dir: str | Path, name: str) -> data.Prepared:
-    """One split (``train``, ``val`` or ``test``) of the prepared cache, in memory."""
-    path = Path(split_dir) / f"{name}.csv"
-    if not path.is_file():
-        raise data.DataError(f"split file {path} missing: run `dvc repro split` first")
-    return data.select(data.load_prepared(prepared), pd.read_csv(path))
+load_split = data.load_split  # kept in data: scoring stages load splits without the training loop
 
 
 def subsample(part: data.Prepared, limit: int, seed: int) -> data.Prepared:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline_lib import artifacts, benchmarking, config, data
 
 EXPORTED = {  # name -> (file written by the quantize stage, runtime, precision)
@@ -31,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     params = config.load("benchmark", args.params)
     # Val ROC-AUC is measured here, in each runtime: no stage reads metrics/.
-    val = data.select(data.load_prepared(args.prepared), pd.read_csv(Path(args.split) / "val.csv"))
+    val = data.load_split(args.prepared, args.split, "val")
     images, labels = val.images, val.table["label"].to_numpy()
 
     results = {}

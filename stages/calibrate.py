@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pipeline_lib import artifacts, calibration, config, metrics, models, plotting
+from pipeline_lib import artifacts, calibration, config, data, metrics, models, plotting
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     _, meta = models.load_checkpoint(Path(args.teacher) / "model.pt")
     task = meta["task"]
     logits = np.load(Path(args.teacher) / "val_logits.npy")
-    val = pd.read_csv(Path(args.split) / "val.csv")
+    val = data.read_split(args.split, "val")
     targets = val["label"] if task == "binary" else val["dx_index"]
     temperature = calibration.fit_temperature(logits, targets, task, params.max_iter)
 
