@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipeline_lib import artifacts, evaluation, metrics, plotting
+from pipeline_lib import artifacts, evaluation, formatting, metrics, plotting
 from pipeline_lib.evaluation import Scores
 from pipeline_lib.plotting import plt, save
 
@@ -137,18 +137,6 @@ def shift_plot(table: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
-def _ci(entry: dict, key: str) -> str:
-    low, high = entry.get(f"{key}_low"), entry.get(f"{key}_high")
-    if low is None or not np.isfinite(low):
-        return f"{entry[key]:.3f}"
-    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def markdown(results: dict, model_names: list[str], target_sensitivity: float) -> str:
     """A markdown summary of ``evaluate.json`` for the README (test split throughout)."""
     lines = [
@@ -159,18 +147,19 @@ def markdown(results: dict, model_names: list[str], target_sensitivity: float) -
         "",
     ]
     rows = []
+    ci = formatting.with_ci
     for name in model_names:
         m, op = results[name], results[name]["at_target_sensitivity"]
         rows.append(
-            [name, _ci(m, "roc_auc"), _ci(m, "pr_auc"), _ci(m, "ece"), f"{m['brier']:.3f}",
-             _ci(op, "sensitivity"), _ci(op, "specificity"), f"{op['precision']:.3f}",
+            [name, ci(m, "roc_auc"), ci(m, "pr_auc"), ci(m, "ece"), f"{m['brier']:.3f}",
+             ci(op, "sensitivity"), ci(op, "specificity"), f"{op['precision']:.3f}",
              f"{op['f1']:.3f}"]
         )  # fmt: skip
     header = ["model", "ROC-AUC", "PR-AUC", "ECE", "Brier", "sensitivity", "specificity"]
-    lines += _table([*header, "precision", "F1"], rows)
+    lines += formatting.table([*header, "precision", "F1"], rows)
     lines += ["", "Teacher minus student ROC-AUC (paired lesion bootstrap):", ""]
     for name, d in results["paired_teacher_vs_student"].items():
-        lines.append(f"- {name}: {_ci(d, 'roc_auc_difference')}, p = {d['p_value']:.3f}")
+        lines.append(f"- {name}: {ci(d, 'roc_auc_difference')}, p = {d['p_value']:.3f}")
     lines += ["", "Agreement of decisions at the val-chosen thresholds:", ""]
     for name, counts in results["agreement"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -178,7 +167,7 @@ def markdown(results: dict, model_names: list[str], target_sensitivity: float) -
     tables = results["shift"]
     keys = [k for k in next(iter(tables.values())) if k != "clean"]
     rows = [[k, *(f"{t[k]['roc_auc_change']:+.3f}" for t in tables.values())] for k in keys]
-    lines += _table(["perturbation", *tables], rows)
+    lines += formatting.table(["perturbation", *tables], rows)
     lines += ["", "Test ROC-AUC by subgroup (* = small: too few images or melanomas):", ""]
     groups = results["subgroups"]
     first = next(iter(groups.values()))
@@ -188,9 +177,9 @@ def markdown(results: dict, model_names: list[str], target_sensitivity: float) -
             aucs = [groups[m][attribute][group]["roc_auc"] for m in groups]
             rows.append(
                 [f"{attribute}: {group}{' *' if g['small'] else ''}", str(g["n_images"]),
-                 str(g["n_melanoma"]), *(f"{a:.3f}" if np.isfinite(a) else "-" for a in aucs)]
+                 str(g["n_melanoma"]), *map(formatting.number, aucs)]
             )  # fmt: skip
-    lines += _table(["group", "images", "melanomas", *groups], rows)
+    lines += formatting.table(["group", "images", "melanomas", *groups], rows)
     return "\n".join(lines) + "\n"
 
 
