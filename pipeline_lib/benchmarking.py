@@ -1,7 +1,8 @@
 """CPU cost of the teacher and of every student format, measured the same way for each.
 
-Every model is wrapped as a runner (float32 ``[0, 1]`` images in, logits out) with its thread
-count set explicitly in its own runtime: ``torch.set_num_threads`` for PyTorch eager,
+Every model is a :class:`runtime.Predictor`, timed through :meth:`runtime.Predictor.run`
+(float32 ``[0, 1]`` images in, logits out) with its thread count set explicitly in its own
+runtime (:meth:`runtime.Predictor.with_threads`): ``torch.set_num_threads`` for PyTorch eager,
 ``intra_op_num_threads`` for ONNX Runtime, the process-wide pool for ExecuTorch. Latency is
 per call at batch 1 after warm-up; peak RAM is taken in a fresh process per model, so that one
 model's allocations never hide another's.
@@ -23,9 +24,8 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline_lib import inference, metrics, models, plotting, quantization
+from pipeline_lib import inference, metrics, models, plotting, runtime
 from pipeline_lib.config import BenchmarkParams
-from pipeline_lib.quantization import Runner
 
 
 def macs(model: nn.Module, image_size: int) -> int:
@@ -36,29 +36,9 @@ def macs(model: nn.Module, image_size: int) -> int:
     return counter.get_total_flops() // 2
 
 
-def size_mb(path: str | Path) -> float:
-    """File size in MB (10^6 bytes)."""
-    return os.path.getsize(path) / 1e6
-
-
-def torch_runner(model: nn.Module, threads: int) -> Runner:
-    """PyTorch eager in float32 as a user would run it: eval mode, inference mode, NCHW input."""
-    torch.set_num_threads(threads)  # process-wide; set again before each measurement
-    model.eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-
-    return run
-
-
-def file_runner(path: str | Path) -> Callable[[int], Runner]:
-    """A factory of runners of an exported file, one per thread count."""
-    return lambda threads: quantization.load_runner(path, threads)
-
-
-def call_times_ms(run: Runner, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
+def call_times_ms(
+    run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int, runs: int
+) -> np.ndarray:
     """Wall time of each of ``runs`` calls of ``run(x)`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         run(x)
@@ -71,19 +51,20 @@ def call_times_ms(run: Runner, x: np.ndarray, warmup: int, runs: int) -> np.ndar
 
 
 def measure(
-    make_runner: Callable[[int], Runner],
-    image: np.ndarray,
-    batch: np.ndarray,
-    params: BenchmarkParams,
+    predictor: runtime.Predictor, image: np.ndarray, batch: np.ndarray, params: BenchmarkParams
 ) -> dict:
     """Batch-1 latency (median, p90) and batch throughput at every thread count of ``params``.
+
+    Args:
+        image, batch: float32 ``[0, 1]`` inputs at the model's input size, as
+            :meth:`runtime.Predictor.run` takes them.
 
     Throughput repeats ``max(3, runs // throughput_batch)`` batches, so it sees about as many
     images as the latency runs do.
     """
     latency, throughput = {}, {}
     for threads in params.threads:
-        run = make_runner(threads)
+        run = predictor.with_threads(threads).run  # set again before each measurement
         times = call_times_ms(run, image, params.warmup, params.runs)
         latency[str(threads)] = {
             "median": float(np.median(times)),
@@ -99,8 +80,9 @@ def measure(
 # child's ru_maxrss starts at the parent's resident size (1.8 GB in the benchmark stage,
 # measured), VmHWM belongs to the child's own address space. After the imports the mark is
 # reset (Linux: writing 5 to /proc/self/clear_refs), so the model's own peak is measured apart
-# from the libraries'. ONNX models are loaded with onnxruntime alone, as an app links it:
-# importing torch (750 MB resident here, a CUDA build) would swamp a 2 MB model.
+# from the libraries'. Each process imports what an app of its format would link: onnxruntime
+# alone for ONNX (importing torch, 750 MB resident here, a CUDA build, would swamp a 2 MB
+# model), the runtime module without the exporter for ExecuTorch, torch and timm for PyTorch.
 _PEAK_RAM_CHILD = """
 import json, re, sys
 def rss(key):
@@ -116,9 +98,9 @@ if path.endswith(".onnx"):
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         session.run(None, {session.get_inputs()[0].name: x})
 elif path.endswith(".pte"):
-    from pipeline_lib import quantization
+    from pipeline_lib import runtime
     def load_and_score():
-        quantization.load_runner(path, threads=1)(x)
+        runtime.Predictor.load(path, threads=1).run(x)
 else:
     import torch
     from pipeline_lib import models
@@ -157,24 +139,25 @@ def peak_ram(path: str | Path, image_size: int) -> dict:
 
 
 def _val_roc_auc(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
-    return metrics.roc_auc(labels, models.melanoma_probability(logits, task))
+    return metrics.roc_auc(labels, runtime.melanoma_probability(logits, task))
 
 
 def benchmark_checkpoint(
     path: str | Path, val_images: np.ndarray, val_labels: np.ndarray, params: BenchmarkParams
 ) -> dict:
     """Every figure of a PyTorch checkpoint run eagerly in float32, val ROC-AUC included."""
-    model, meta = models.load_checkpoint(path)
-    size = meta["image_size"]
+    predictor = runtime.Predictor.load(path)
+    meta, size = predictor.meta, predictor.image_size
     x = inference.to_input(val_images[: params.throughput_batch], size).contiguous().numpy()
-    logits = inference.predict_logits(model, val_images, size)
+    logits = predictor.logits(val_images)
     row = {
         "runtime": "pytorch_eager", "precision": "fp32", "arch": meta["arch"],
         "task": meta["task"], "image_size": size,
-        "params": models.count_parameters(model), "macs": macs(model, size),
-        "size_mb": size_mb(path), "val_roc_auc": _val_roc_auc(logits, val_labels, meta["task"]),
+        "params": models.count_parameters(predictor.model), "macs": macs(predictor.model, size),
+        "size_mb": runtime.size_mb(path),
+        "val_roc_auc": _val_roc_auc(logits, val_labels, meta["task"]),
     }  # fmt: skip
-    row |= measure(lambda threads: torch_runner(model, threads), x[:1], x, params)
+    row |= measure(predictor, x[:1], x, params)
     return row | peak_ram(path, size)
 
 
@@ -191,15 +174,16 @@ def benchmark_file(
         float_row: :func:`benchmark_checkpoint` of the float student it was exported from
             (architecture, task, image size, parameters and MACs carry over).
     """
-    size = float_row["image_size"]
+    predictor = runtime.Predictor.load(path)
+    size = predictor.image_size
     x = inference.to_input(val_images[: params.throughput_batch], size).contiguous().numpy()
-    logits = quantization.predict(path, val_images, size)
+    logits = predictor.logits(val_images)
     keep = ("arch", "task", "image_size", "params", "macs")
     row = {k: float_row[k] for k in keep} | {
-        "size_mb": size_mb(path),
+        "size_mb": runtime.size_mb(path),
         "val_roc_auc": _val_roc_auc(logits, val_labels, float_row["task"]),
     }
-    row |= measure(file_runner(path), x[:1], x, params)
+    row |= measure(predictor, x[:1], x, params)
     return row | peak_ram(path, size)
 
 

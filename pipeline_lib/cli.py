@@ -3,6 +3,9 @@
 
 Both read the pipeline's outputs (``make repro``); the defaults point at this checkout's
 ``data/`` folder, the paths written in ``dvc.yaml``, and each can be overridden by a flag.
+
+``predict`` imports the runtimes only (:mod:`pipeline_lib.runtime`), never the training loop
+or the exporters: it starts in a couple of seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline_lib import models, operating_point, prediction, quantization
+from pipeline_lib import operating_point, prediction, runtime
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {
@@ -27,12 +30,7 @@ DEFAULTS = {
     "onnx": REPO / "data/quantize/student_int8.onnx",
 }
 # Expected, user-facing failures: reported in one line, without a traceback.
-USER_ERRORS = (
-    prediction.InputError,
-    operating_point.OperatingPointError,
-    models.CheckpointError,
-    quantization.ModelFileError,
-)
+USER_ERRORS = (prediction.InputError, operating_point.OperatingPointError, runtime.ModelFileError)
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:

@@ -6,21 +6,20 @@ nothing here looks at test labels to choose anything. Confidence intervals resam
 (all images of a lesion together), because images of one lesion are not independent.
 
 Point estimates come from :mod:`pipeline_lib.metrics`, intervals from
-:mod:`pipeline_lib.bootstrap`.
+:mod:`pipeline_lib.bootstrap`. Every model is scored by a :class:`runtime.Predictor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline_lib import bootstrap, inference, metrics, models
+from pipeline_lib import bootstrap, calibration, data, metrics, runtime, shift
+from pipeline_lib.config import EvaluateParams, MetricsParams
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 3, H, W) -> melanoma probability (N,)
 AGE_BANDS = ((30, "<30"), (45, "30-44"), (60, "45-59"), (75, "60-74"), (np.inf, "75+"))
 SUBGROUP_COLUMNS = {"sex": "sex", "age": "age_band", "site": "localization"}
 MIN_SUBGROUP_MELANOMAS = 5  # below this a subgroup's sensitivity moves in steps of 20%+
@@ -42,6 +41,22 @@ class Thresholds:
     f1: float  # the F1-optimal threshold on val
 
 
+def _saved_and_test_logits(
+    predictor: runtime.Predictor,
+    val_logits: str | Path,
+    val_images: np.ndarray,
+    test_images: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    val = np.load(val_logits)
+    if len(val) != len(val_images):
+        raise ValueError(f"{val_logits} has {len(val)} rows but the val split {len(val_images)}")
+    if not np.allclose(predictor.logits(val_images[:16]), val[:16], rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            f"{val_logits} does not match {predictor.path}: rerun the stage that wrote it"
+        )
+    return val, predictor.logits(test_images)
+
+
 def checkpoint_logits(
     checkpoint: str | Path, val_logits: str | Path, val_images: np.ndarray, test_images: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -50,27 +65,9 @@ def checkpoint_logits(
     The saved val logits are checked against the checkpoint on a few images, so thresholds are
     never chosen on another model's scores (a stale ``val_logits.npy``).
     """
-    model, meta = models.load_checkpoint(checkpoint)
-    val = np.load(val_logits)
-    if len(val) != len(val_images):
-        raise ValueError(f"{val_logits} has {len(val)} rows but the val split {len(val_images)}")
-    fresh = inference.predict_logits(model, val_images[:16], meta["image_size"])
-    if not np.allclose(fresh, val[:16], rtol=1e-3, atol=1e-3):
-        raise ValueError(f"{val_logits} does not match {checkpoint}: rerun the stage that wrote it")
-    test = inference.predict_logits(model, test_images, meta["image_size"])
-    return val, test, meta
-
-
-def torch_predictor(
-    model: models.Classifier, task: str, image_size: int, temperature: float = 1.0
-) -> Predictor:
-    """A :data:`Predictor` for a PyTorch model of the factory."""
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        logits = inference.predict_logits(model, images, image_size)
-        return models.melanoma_probability(logits, task, temperature)
-
-    return predict
+    predictor = runtime.Predictor.load(checkpoint)
+    val, test = _saved_and_test_logits(predictor, val_logits, val_images, test_images)
+    return val, test, predictor.meta
 
 
 def baseline_scores(
@@ -318,3 +315,94 @@ def subgroup_table(results: dict) -> pd.DataFrame:
         for group, figures in groups.items()
     ]
     return pd.DataFrame(rows)
+
+
+def score_models(
+    val: data.Prepared,
+    test: data.Prepared,
+    baselines: pd.DataFrame,
+    teacher: str | Path,
+    teacher_temperature: float,
+    student: str | Path,
+    exported: dict[str, str | Path],
+    threads: int | None = None,
+) -> tuple[dict[str, Scores], dict[str, runtime.Predictor], dict[str, float]]:
+    """Val and test probabilities of every model, the students' predictors, the temperatures.
+
+    Args:
+        baselines: the baselines stage's ``predictions.csv``.
+        teacher, student: folders with ``model.pt`` and the ``val_logits.npy`` saved beside it.
+        teacher_temperature: the calibrate stage's; the student's own is fitted on val here
+            (it is trained raw with KD).
+        exported: exported students (``.pte`` or ``.onnx``) by name, the deployed one first.
+        threads: intra-op threads of the exports' runtimes.
+
+    Returns:
+        ``scores``: baselines (``baseline_<name>``), ``teacher``, ``student``, their
+        ``_calibrated`` versions and each export; ``predictors``: ``student`` and each export;
+        ``temperatures``: by calibrated model name.
+    """
+    baseline = baseline_scores(baselines, val.table["image_id"], test.table["image_id"])
+    scores = {f"baseline_{name}": s for name, s in baseline.items()}
+    temperatures, predictors = {}, {}
+    for role, folder in (("teacher", Path(teacher)), ("student", Path(student))):
+        predictor = runtime.Predictor.load(folder / "model.pt")
+        z_val, z_test = _saved_and_test_logits(
+            predictor, folder / "val_logits.npy", val.images, test.images
+        )
+        task = predictor.task
+        if role == "teacher":
+            t = teacher_temperature
+        else:
+            t = calibration.fit_temperature(
+                z_val, val.table["label" if task == "binary" else "dx_index"], task
+            )
+        prob = runtime.melanoma_probability
+        scores[role] = Scores(prob(z_val, task), prob(z_test, task))
+        scores[f"{role}_calibrated"] = Scores(prob(z_val, task, t), prob(z_test, task, t))
+        temperatures[f"{role}_calibrated"] = t
+        if role == "student":
+            predictors["student"] = predictor  # shift robustness scores it again
+    for name, path in exported.items():
+        predictors[name] = runtime.Predictor.load(path, threads)
+        scores[name] = Scores(predictors[name](val.images), predictors[name](test.images))
+    return scores, predictors, temperatures
+
+
+def evaluate_stage(
+    scores: dict[str, Scores],
+    predictors: dict[str, runtime.Predictor],
+    temperatures: dict[str, float],
+    val: data.Prepared,
+    test: data.Prepared,
+    exported: list[str],
+    params: EvaluateParams,
+    mp: MetricsParams,
+) -> tuple[dict, pd.DataFrame]:
+    """Every figure of the evaluate stage, from :func:`score_models`'s output.
+
+    The teacher is compared with the float student and each export; subgroups are reported
+    for the teacher, the student and the deployed export (``exported[0]``), shift robustness
+    for the student and the deployed export (the teacher would take minutes more).
+
+    Returns:
+        the ``evaluate.json`` dict (:func:`evaluate_all` with temperatures, the best baseline
+        by val and the shift figures), and the shift robustness table.
+    """
+    results = evaluate_all(
+        scores, val.table, test.table, "teacher", ["student", *exported],
+        ["teacher", "student", *exported[:1]], params.bootstrap, params.seed,
+        mp.target_sensitivity, mp.ece_bins, params.min_subgroup,
+    )  # fmt: skip
+    for name, t in temperatures.items():
+        results[name]["temperature"] = t
+    baselines = [n for n in scores if n.startswith("baseline_")]
+    results["best_baseline_by_val"] = max(baselines, key=lambda n: results[n]["val_roc_auc"])
+    shifted = ["student", *exported[:1]]
+    table = shift.robustness(
+        {n: predictors[n] for n in shifted},
+        {n: results[n]["at_target_sensitivity"]["threshold"] for n in shifted},
+        test.images, test.table["label"].to_numpy(), params.seed,
+    )  # fmt: skip
+    results["shift"] = shift.as_metrics(table)
+    return results, table

@@ -1,4 +1,9 @@
-"""The model card of the deployed student, written from the pipeline's own reports.
+"""The model_card stage: each deployable student's operating point, and the model card.
+
+The float student's temperature and threshold come from its saved val logits; each export is
+scored on the val images in its own runtime and gets its own (:func:`choose_points`). The
+choices are checked against the evaluate stage's, then written for ``melanoma-kd predict``
+together with the card (:func:`build`).
 
 Unlike the other stages, the model_card stage reads ``metrics/*.json``: the card is an end
 point for people that summarises them, and it is regenerated whenever any of them changes.
@@ -9,8 +14,13 @@ is computed on the test split here.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from pathlib import Path
 
-from pipeline_lib.operating_point import OperatingPoint
+import numpy as np
+
+from pipeline_lib import data, formatting, operating_point, runtime
+from pipeline_lib.operating_point import ModelOperatingPoint
 
 # The evaluate stage's name for each model that ``melanoma-kd predict --model`` offers
 # (the names given to its --exported in dvc.yaml).
@@ -52,7 +62,7 @@ def _close(a: float, b: float, tol: float) -> bool:
     return math.isclose(a, b, rel_tol=tol, abs_tol=tol / 10)
 
 
-def check_against_evaluate(points: dict[str, OperatingPoint], evaluate: dict) -> None:
+def check_against_evaluate(points: dict[str, ModelOperatingPoint], evaluate: dict) -> None:
     """The val choices here must be the ones the evaluate stage made from the same val scores.
 
     The float student's temperature and both of its thresholds, and each export's threshold on
@@ -85,26 +95,14 @@ def check_against_evaluate(points: dict[str, OperatingPoint], evaluate: dict) ->
         )
 
 
-def _f(value, fmt: str = ".3f") -> str:
-    """A number for a table; ``-`` for a missing or undefined one."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, fmt)
-
-
-def _ci(entry: dict, key: str) -> str:
-    low, high = entry.get(f"{key}_low"), entry.get(f"{key}_high")
-    if _f(low) == "-" or _f(high) == "-":
-        return _f(entry.get(key))
-    return f"{_f(entry[key])} [{_f(low)}, {_f(high)}]"
+_f, _ci = formatting.number, formatting.with_ci
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    return [*formatting.table(header, rows), ""]  # each table ends its section's paragraph
 
 
-def _model(points: dict[str, OperatingPoint], r: dict) -> list[str]:
+def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     distill, quantize, bench = r["distill"], r["quantize"], r["benchmark"]["models"]
     op = points["float"]
     qat = quantize.get("qat", {}).get("used")
@@ -194,7 +192,7 @@ def _data(r: dict) -> list[str]:
     return lines + _table(["split", "images", "lesions", "melanomas", "melanoma share"], rows)
 
 
-def _operating_points(points: dict[str, OperatingPoint]) -> list[str]:
+def _operating_points(points: dict[str, ModelOperatingPoint]) -> list[str]:
     op = next(iter(points.values()))
     lines = [
         "## Operating point (chosen on the validation split)",
@@ -217,7 +215,7 @@ def _operating_points(points: dict[str, OperatingPoint]) -> list[str]:
     )
 
 
-def _test(points: dict[str, OperatingPoint], evaluate: dict) -> list[str]:
+def _test(points: dict[str, ModelOperatingPoint], evaluate: dict) -> list[str]:
     shown = {
         evaluate["best_baseline_by_val"]: "best baseline (by val)",
         "teacher_calibrated": "teacher, calibrated",
@@ -309,7 +307,7 @@ def _shift(evaluate: dict) -> tuple[list[str], list[str]]:
     return lines, [f"{k} ({changes[k]:+.3f})" for k in worst]
 
 
-def _limits(points: dict[str, OperatingPoint], evaluate: dict, worst: list[str]) -> list[str]:
+def _limits(points: dict[str, ModelOperatingPoint], evaluate: dict, worst: list[str]) -> list[str]:
     deployed = next(iter(points))
     op = evaluate[EVALUATE_NAMES[deployed]]["at_target_sensitivity"]
     precision = op.get("precision")
@@ -352,7 +350,7 @@ def _limits(points: dict[str, OperatingPoint], evaluate: dict, worst: list[str])
     return lines
 
 
-def markdown(points: dict[str, OperatingPoint], reports: dict[str, dict]) -> str:
+def markdown(points: dict[str, ModelOperatingPoint], reports: dict[str, dict]) -> str:
     """The model card.
 
     Args:
@@ -381,3 +379,69 @@ def markdown(points: dict[str, OperatingPoint], reports: dict[str, dict]) -> str
         *_limits(points, evaluate, worst),
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def choose_points(
+    val: data.Prepared,
+    student: str | Path,
+    exported: dict[str, str | Path],
+    target_sensitivity: float,
+    ece_bins: int,
+    threads: int | None = None,
+) -> dict[str, ModelOperatingPoint]:
+    """The operating point of the float student and of each export, chosen on val.
+
+    Args:
+        student: the folder with the float student's ``model.pt`` and its ``val_logits.npy``.
+        exported: exported students (``.pte``, ``.onnx``) by ``melanoma-kd --model`` name,
+            each scored on ``val`` in its own runtime.
+        threads: intra-op threads of the exports' runtimes (as the evaluate stage scores them).
+
+    Returns:
+        the points by ``--model`` name, the deployed export (the first) first, ``float`` next.
+    """
+    checkpoint = Path(student) / "model.pt"
+    meta = runtime.Predictor.load(checkpoint).meta
+    logits = {checkpoint: np.load(Path(student) / "val_logits.npy")}
+    names = {checkpoint: "float"}
+    for name, path in exported.items():
+        logits[Path(path)] = runtime.Predictor.load(path, threads).logits(val.images)
+        names[Path(path)] = name
+    labels, dx_index = val.table["label"].to_numpy(), val.table["dx_index"].to_numpy()
+    points = {
+        names[path]: operating_point.choose(
+            z, labels, dx_index, path, meta, val.images.shape[-1], target_sensitivity, ece_bins
+        )
+        for path, z in logits.items()
+    }
+    deployed = [n for n in names.values() if n != "float"][:1]
+    return {n: points[n] for n in [*deployed, *points] if n in points}
+
+
+def summary(points: dict[str, ModelOperatingPoint]) -> dict[str, dict[str, float]]:
+    """The stage's metrics: each point's temperature, threshold and val figures at it."""
+    keep = ("temperature", "threshold", "val_sensitivity", "val_specificity", "val_ece")
+    return {n: {k: v for k, v in asdict(p).items() if k in keep} for n, p in points.items()}
+
+
+def build(
+    val: data.Prepared,
+    student: str | Path,
+    exported: dict[str, str | Path],
+    reports: dict[str, dict],
+    target_sensitivity: float,
+    ece_bins: int,
+    threads: int | None = None,
+) -> tuple[dict[str, ModelOperatingPoint], dict[str, dict[str, float]], str]:
+    """Everything the model_card stage writes: the points, their summary and the card.
+
+    Args:
+        val, student, exported, threads: as :func:`choose_points` takes them.
+        reports: as :func:`markdown` takes them.
+
+    Raises:
+        ConsistencyError: when the points differ from the evaluate stage's choices.
+    """
+    points = choose_points(val, student, exported, target_sensitivity, ece_bins, threads)
+    check_against_evaluate(points, reports["evaluate"])
+    return points, summary(points), markdown(points, reports)

@@ -9,6 +9,9 @@ decision are val figures and the test split stays untouched.
 Each exported file gets its own temperature and threshold: int8 rounding moves the logits
 (the int8 ``.pte`` is less calibrated on val than the float student), so the float student's
 would not fit it.
+
+Not to be confused with :class:`pipeline_lib.metrics.OperatingPoint`, the confusion-matrix
+figures of any scores at any threshold.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_lib import artifacts, calibration, metrics, models
+from pipeline_lib import artifacts, calibration, runtime
 
 
 class OperatingPointError(ValueError):
@@ -27,7 +30,7 @@ class OperatingPointError(ValueError):
 
 
 @dataclass(frozen=True)
-class OperatingPoint:
+class ModelOperatingPoint:
     """How one model file's logits become a calibrated probability and a decision.
 
     ``threshold`` applies to the calibrated probability (``p >= threshold`` is suspicious);
@@ -72,7 +75,7 @@ def choose(
     cache_size: int,
     target_sensitivity: float,
     ece_bins: int,
-) -> OperatingPoint:
+) -> ModelOperatingPoint:
     """Fit the temperature and choose the threshold from one model's val logits.
 
     Args:
@@ -82,15 +85,19 @@ def choose(
         file: the model file these logits came from.
         meta: the student checkpoint's metadata (``arch``, ``task``, ``image_size``).
     """
+    # Imported here, not above: scikit-learn takes a second to import, and `melanoma-kd
+    # predict` only reads the points chosen here.
+    from pipeline_lib import metrics
+
     task = meta["task"]
     labels = np.asarray(labels).astype(int)
     targets = labels if task == "binary" else np.asarray(dx_index)
     temperature = calibration.fit_temperature(logits, targets, task)
-    raw = models.melanoma_probability(logits, task)
-    prob = models.melanoma_probability(logits, task, temperature)
+    raw = runtime.melanoma_probability(logits, task)
+    prob = runtime.melanoma_probability(logits, task, temperature)
     threshold = metrics.threshold_for_sensitivity(labels, prob, target_sensitivity)
     op = metrics.operating_point(labels, prob, threshold)
-    return OperatingPoint(
+    return ModelOperatingPoint(
         file=str(file),
         md5=md5(file),
         arch=meta["arch"],
@@ -111,12 +118,12 @@ def choose(
     )
 
 
-def write(path: str | Path, points: dict[str, OperatingPoint]) -> None:
+def write(path: str | Path, points: dict[str, ModelOperatingPoint]) -> None:
     """Write the operating point of every model (``float``, ``int8``, ...) as one JSON."""
     artifacts.write_json(path, {name: asdict(op) for name, op in points.items()})
 
 
-def read(path: str | Path, model: str) -> OperatingPoint:
+def read(path: str | Path, model: str) -> ModelOperatingPoint:
     """The operating point of ``model`` from a file written by :func:`write`.
 
     Raises:
@@ -131,10 +138,10 @@ def read(path: str | Path, model: str) -> OperatingPoint:
     points = artifacts.read_json(path)
     if model not in points:
         raise OperatingPointError(f"{path} has no operating point for model {model!r}")
-    return OperatingPoint(**points[model])
+    return ModelOperatingPoint(**points[model])
 
 
-def check_file(op: OperatingPoint, path: str | Path) -> None:
+def check_file(op: ModelOperatingPoint, path: str | Path) -> None:
     """Refuse a model file other than the one ``op`` was chosen for (a threshold is per model).
 
     Raises:

@@ -3,8 +3,11 @@ web page.
 
 A photo goes through the training preprocessing (:func:`data.decode` to the prepare stage's
 square cache size, then :func:`inference.to_input` to the model's input size), the chosen
-student file in its own runtime, the temperature fitted on val, and the threshold chosen on
-val (:mod:`pipeline_lib.operating_point`).
+student file in its own runtime (:class:`runtime.Predictor`), the temperature fitted on val,
+and the threshold chosen on val (:mod:`pipeline_lib.operating_point`).
+
+Grad-CAM (:mod:`pipeline_lib.gradcam`, with OpenCV) is imported only when a heat map is
+drawn: ``melanoma-kd predict`` without ``--explain`` starts faster without it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline_lib import data, gradcam, inference, models, operating_point, quantization
+from pipeline_lib import data, operating_point, runtime
 
 ModelName = Literal["int8", "int8-onnx", "float"]
 MODEL_NAMES: tuple[ModelName, ...] = ("int8", "int8-onnx", "float")
+# The file type of each model, whatever its file is called.
+SUFFIXES: dict[ModelName, str] = {"int8": ".pte", "int8-onnx": ".onnx", "float": ".pt"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SUSPICIOUS, NOT_SUSPICIOUS = "melanoma-suspicious", "not suspicious"
 DISCLAIMER = "Research tool, not a diagnosis: a dermatologist must examine any lesion of concern."
@@ -111,17 +116,31 @@ def image_files(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def _load(model: ModelName, paths: ModelPaths, threads: int | None) -> runtime.Predictor:
+    """The file of ``model`` in its runtime; a file its operating point was not chosen for is
+    refused."""
+    point = operating_point.read(paths.operating_point, model)
+    path = paths.file(model)
+    if not path.is_file():
+        kind, stage = ("checkpoint", "train") if model == "float" else ("model file", "export")
+        raise runtime.ModelFileError(
+            f"{kind} {path} not found: run `make repro` to {stage} the student"
+        )
+    operating_point.check_file(point, path)
+    return runtime.Predictor.load(path, threads, SUFFIXES[model])
+
+
 class Scorer:
     """One student file, its operating point and, when asked, the float student for Grad-CAM.
 
     Args:
         model: ``int8`` (ExecuTorch ``.pte``), ``int8-onnx`` or ``float`` (PyTorch checkpoint).
         explain: also load the float student to draw Grad-CAM heat maps.
-        threads: intra-op threads of an exported model's runtime; ``None`` keeps its default.
+        threads: intra-op threads of the model's runtime; ``None`` keeps its default.
 
     Raises:
-        operating_point.OperatingPointError, models.CheckpointError,
-        quantization.ModelFileError: naming the file that is missing or of another model.
+        operating_point.OperatingPointError, runtime.ModelFileError: naming the file that is
+            missing or of another model.
     """
 
     def __init__(
@@ -133,42 +152,21 @@ class Scorer:
         self.file = paths.file(model)
         self.point = operating_point.read(paths.operating_point, model)
         self.explains = explain
-        self._float = None
+        student = None  # the float student: the model scored, Grad-CAM's model, or both
         if model == "float" or explain:
-            float_point = operating_point.read(paths.operating_point, "float")
-            self._float = self._load_checkpoint(paths.checkpoint, float_point)
-            self._layer = gradcam.target_layer(self._float, float_point.image_size)
-        if model == "float":
-            self._run = self._float_logits
-        else:
-            if not self.file.is_file():
-                raise quantization.ModelFileError(
-                    f"model file {self.file} not found: run `make repro` to export the student"
-                )
-            operating_point.check_file(self.point, self.file)
-            self._run = quantization.load_runner(self.file, threads)
+            student = _load("float", paths, threads)
+        self.predictor = student if model == "float" else _load(model, paths, threads)
+        self._explainer = student if explain else None
+        self._gradcam = None
+        if explain:
+            from pipeline_lib import gradcam  # OpenCV and grad-cam: only to draw heat maps
 
-    @staticmethod
-    def _load_checkpoint(path: Path, point: operating_point.OperatingPoint) -> models.Classifier:
-        if not path.is_file():
-            raise models.CheckpointError(
-                f"checkpoint {path} not found: run `make repro` to train the student"
-            )
-        operating_point.check_file(point, path)
-        return models.load_checkpoint(path)[0]
-
-    def _float_logits(self, x: np.ndarray) -> np.ndarray:
-        return inference.predict_logits(self._float, x, self.point.image_size)
+            self._gradcam = gradcam
+            self._layer = gradcam.target_layer(student.model, student.image_size)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated melanoma probabilities of uint8 images ``(N, 3, S, S)``."""
-        if self.model == "float":
-            logits = self._run(images)
-        else:
-            logits = self._run(
-                inference.to_input(images, self.point.image_size).contiguous().numpy()
-            )
-        return models.melanoma_probability(logits, self.point.task, self.point.temperature)
+        return self.predictor.probabilities(images, self.point.temperature)
 
     def decide(self, probability: float) -> tuple[bool, str]:
         """The decision at the val operating point."""
@@ -177,13 +175,15 @@ class Scorer:
 
     def heatmap(self, image: np.ndarray) -> np.ndarray:
         """Grad-CAM of the float student for one decoded image, ``[0, 1]`` at the input size."""
-        if not self.explains:
+        if self._explainer is None:
             raise ValueError("this scorer was built without explain=True")
-        return gradcam.heatmap(self._float, image, self.point.image_size, self._layer)
+        model = self._explainer.model
+        return self._gradcam.heatmap(model, image, self.point.image_size, self._layer)
 
     def explain(self, source: str | os.PathLike | bytes, image: np.ndarray) -> np.ndarray:
         """The Grad-CAM heat map drawn over the photo, RGB uint8."""
-        return gradcam.overlay(photo(source), self.heatmap(image))
+        heat = self.heatmap(image)
+        return self._gradcam.overlay(photo(source), heat)
 
     def predict_files(
         self,
@@ -220,7 +220,7 @@ class Scorer:
                 p = float(by_index[i])
                 out = None
                 if explanations is not None:
-                    gradcam.save_png(self.explain(files[i], decoded[i]), explanations[i])
+                    self._gradcam.save_png(self.explain(files[i], decoded[i]), explanations[i])
                     out = str(explanations[i])
                 yield Prediction(str(files[i]), p, *self.decide(p), ms, out)
         bar.close()

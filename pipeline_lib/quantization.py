@@ -1,23 +1,24 @@
-"""Deployable students: ExecuTorch and ONNX Runtime files, int8 quantization and one runner.
+"""Deployable students: ExecuTorch and ONNX files, int8 quantization and the quantize stage.
 
 The float student becomes an ExecuTorch program lowered to XNNPACK (``.pte``) and an ONNX
 model (``.onnx``); int8 copies come from post-training static quantization (PT2E with
 ``XNNPACKQuantizer`` for ExecuTorch, QDQ ``quantize_static`` for ONNX), with a QAT fine-tune
-when post-training int8 costs too much on val. :func:`load_runner` runs any of these files in
-its own runtime, and the ops reports say what really runs int8, so an "int8" model that is
-mostly float shows up in the metrics.
+when post-training int8 costs too much on val (:func:`quantize_student`). The ops reports say
+what really runs int8, so an "int8" model that is mostly float shows up in the metrics.
+:mod:`pipeline_lib.runtime` runs the files this module writes.
 
-This is the only module that imports torchao, executorch and ``onnxruntime.quantization``:
-their APIs move fast, and churn stays here.
+This is the only module that imports torchao, the ExecuTorch exporter and
+``onnxruntime.quantization``: their APIs move fast, and churn stays here.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import tempfile
+import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,6 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
 from executorch.devtools.backend_debug import get_delegation_info
 from executorch.exir import to_edge_transform_and_lower
 from executorch.exir.lowered_backend_module import get_lowered_backend_modules
-from executorch.extension.pybindings import portable_lib
-from executorch.runtime import Runtime
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -41,19 +40,20 @@ from torch import nn
 from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-from pipeline_lib import artifacts, inference, metrics, models, training
+from pipeline_lib import artifacts, data, inference, metrics, models, runtime, training
 from pipeline_lib.config import AugmentParams, QuantizeParams, TrainParams
 
 # Largest batch an exported program accepts. ExecuTorch plans its input buffer for this bound
 # (64 x 3 x 128 x 128 float32 = 12.6 MB), so a larger bound costs phone RAM for nothing.
 MAX_BATCH = 64
 _TRAIN_MAX_BATCH = 1024  # QAT graphs are trained and scored in Python, never lowered as is
-PTE_IDENTIFIER = b"ET12"  # flatbuffer file identifier at bytes 4-8 of every .pte
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-class ModelFileError(RuntimeError):
-    """A deployable model file is missing, corrupt or of another kind; the message names it."""
+FILES = {  # stable names: evaluate, benchmark and dvc.yaml's artifacts refer to them
+    "fp32_pte": "student_fp32.pte",
+    "int8_pte": "student_int8.pte",
+    "fp32_onnx": "student_fp32.onnx",
+    "int8_onnx": "student_int8.onnx",
+    "fp16_onnx": "student_fp16.onnx",
+}
 
 
 def calibration_inputs(images: np.ndarray, image_size: int, count: int, seed: int) -> np.ndarray:
@@ -220,7 +220,7 @@ def write_onnx_int8(
 
 
 def _run_onnx(path: str | Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    run = _onnx_runner(Path(path), None)
+    run = runtime.Predictor.load(path, suffix=".onnx").run  # also the unsuffixed temporary file
     return np.concatenate(
         [run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     )
@@ -310,105 +310,9 @@ def onnx_ops_report(path: str | Path) -> dict:
     }
 
 
-def set_executorch_threads(threads: int) -> bool:
-    """Resize ExecuTorch's process-wide thread pool; ``False`` when this build cannot.
-
-    The call is private in ExecuTorch 1.5.1 and affects every loaded program.
-    """
-    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
-    if reset is None:
-        return False
-    reset(threads)
-    return True
-
-
-def _pte_runner(path: Path, threads: int | None) -> Runner:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    # Checked before the runtime sees the file: ExecuTorch 1.5.1 logs a wrong identifier's raw
-    # bytes and aborts the whole process when they are not valid UTF-8 (measured).
-    if head[4:8] != PTE_IDENTIFIER:
-        raise ModelFileError(
-            f"{path} is not an ExecuTorch program (no {PTE_IDENTIFIER.decode()} identifier): "
-            "the file is corrupt or of another kind"
-        )
-    if threads:
-        set_executorch_threads(threads)
-    try:
-        method = Runtime.get().load_program(path).load_method("forward")
-    except RuntimeError as err:
-        raise ModelFileError(f"cannot load ExecuTorch program {path}: {err}") from err
-    bound = tuple(method.metadata.input_tensor_meta(0).sizes())
-
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[1:] != bound[1:]:
-            raise ValueError(f"{path} takes (N, {bound[1:]}) inputs, got {x.shape}")
-        outs = []
-        for i in range(0, len(x), bound[0]):  # the program's planned batch bound
-            try:
-                out = method.execute([torch.from_numpy(x[i : i + bound[0]])])[0]
-            except RuntimeError as err:
-                raise ModelFileError(f"ExecuTorch program {path} failed to run: {err}") from err
-            outs.append(out.numpy().copy())  # the output may alias the planned buffer
-        return np.concatenate(outs)
-
-    return run
-
-
-def _onnx_runner(path: Path, threads: int | None) -> Runner:
-    try:
-        session = inference.onnx_session(path, threads)
-    except Exception as err:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)
-        raise ModelFileError(f"cannot load ONNX model {path}: {err}") from err
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-RUNTIMES: dict[str, Callable[[Path, int | None], Runner]] = {
-    ".pte": _pte_runner,
-    ".onnx": _onnx_runner,
-}
-
-
-def load_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """A function mapping float32 ``[0, 1]`` images ``(N, 3, H, W)`` to logits, in the file's runtime.
-
-    Args:
-        path: a ``.pte`` (ExecuTorch runtime) or ``.onnx`` (ONNX Runtime, CPU) file.
-        threads: intra-op threads; ``None`` keeps the runtime's default. For ExecuTorch the
-            thread pool is process-wide: the last runner loaded sets it for all.
-
-    Raises:
-        ModelFileError: naming ``path`` when it is missing, corrupt or of another kind.
-    """
-    path = Path(path)
-    if path.suffix not in RUNTIMES:
-        raise ModelFileError(f"{path}: unsupported model file type; expected {list(RUNTIMES)}")
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} not found")
-    return RUNTIMES[path.suffix](path, threads)
-
-
-def predict(
-    path: str | Path,
-    images: np.ndarray,
-    image_size: int,
-    batch_size: int = 64,
-    threads: int | None = None,
-) -> np.ndarray:
-    """Logits of the exported model at ``path`` for uint8 images ``(N, 3, H, W)``, float32."""
-    run = load_runner(path, threads)
-    outs = [
-        run(inference.to_input(images[i : i + batch_size], image_size).contiguous().numpy())
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outs).astype(np.float32)
-
-
 def val_metrics(logits: np.ndarray, labels: np.ndarray, task: str, ece_bins: int) -> dict:
     """Raw (temperature 1) val ROC-AUC and ECE of the melanoma probability."""
-    prob = models.melanoma_probability(logits, task)
+    prob = runtime.melanoma_probability(logits, task)
     return {
         "val_roc_auc": metrics.roc_auc(labels, prob),
         "val_ece": metrics.ece(labels, prob, ece_bins),
@@ -485,3 +389,124 @@ def qat_int8(
     # layouts, so the weights go back to contiguous before conversion (measured).
     trained = result.model.to(memory_format=torch.contiguous_format).eval()
     return convert_pt2e(trained), result
+
+
+def score_export(
+    path: Path,
+    val: data.Prepared,
+    ref_logits: np.ndarray,
+    task: str,
+    params: QuantizeParams,
+    ece_bins: int,
+) -> dict:
+    """Val metrics of one exported file, run in its own runtime, against the float model's.
+
+    Args:
+        ref_logits: the float student's val logits (PyTorch).
+    """
+    labels = val.table["label"].to_numpy()
+    logits = runtime.Predictor.load(path).logits(val.images)
+    reference = val_metrics(ref_logits, labels, task, ece_bins)
+    scored = val_metrics(logits, labels, task, ece_bins)
+    return {
+        "file": path.name,
+        "size_mb": runtime.size_mb(path),
+        **scored,
+        **degradation(reference, scored, params),
+        "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+    }
+
+
+def quantize_student(
+    checkpoint: str | Path,
+    train: data.Prepared,
+    val: data.Prepared,
+    out: str | Path,
+    params: QuantizeParams,
+    recipe: TrainParams,
+    aug: AugmentParams,
+    ece_bins: int,
+    progress: bool = True,
+) -> dict:
+    """The quantize stage: every export of the float student, scored on val, QAT if needed.
+
+    Writes :data:`FILES` under ``out``: float and post-training int8 ExecuTorch programs, float,
+    int8 and fp16 ONNX. When the int8 program leaves the bounds of ``params`` on val
+    (:func:`degradation`) and ``qat_epochs > 0``, a QAT fine-tune (:func:`qat_int8`) replaces it
+    if it does better (:func:`better`).
+
+    Args:
+        checkpoint: the float student's ``model.pt``.
+        train: the train split (calibration images; QAT's training data).
+        recipe: the student's training section (QAT reuses it at the checkpoint's image size).
+
+    Returns:
+        the stage's report: each file's val figures and ops report, the float reference, the
+        QAT decision and the export times.
+    """
+    torch.manual_seed(params.seed)  # before the model is built: QAT's dropout draws from it
+    model, meta = models.load_checkpoint(checkpoint)
+    task, size = meta["task"], meta["image_size"]
+    labels = val.table["label"].to_numpy()
+    calibration = calibration_inputs(train.images, size, params.calibration_images, params.seed)
+    ref_logits = inference.predict_logits(model, val.images, size)
+    reference = val_metrics(ref_logits, labels, task, ece_bins)
+    paths = {k: Path(out) / v for k, v in FILES.items()}
+
+    seconds, ops = {}, {}
+    began = time.perf_counter()
+    ops["fp32_pte"] = write_pte(export(model, size), paths["fp32_pte"])
+    seconds["fp32_pte"] = time.perf_counter() - began
+    began = time.perf_counter()
+    ops["int8_pte"] = write_pte(export(ptq_int8(model, calibration), size), paths["int8_pte"])
+    seconds["int8_pte"] = time.perf_counter() - began
+    began = time.perf_counter()
+    write_onnx(model, size, paths["fp32_onnx"])
+    onnx_bias = write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    write_onnx_fp16(paths["fp32_onnx"], paths["fp16_onnx"])
+    seconds["onnx"] = time.perf_counter() - began
+    for name in ("fp32_onnx", "int8_onnx", "fp16_onnx"):
+        ops[name] = onnx_ops_report(paths[name])
+    results = {
+        name: score_export(path, val, ref_logits, task, params, ece_bins)
+        for name, path in paths.items()
+    }
+
+    qat = {"triggered": not results["int8_pte"]["within_bounds"] and params.qat_epochs > 0}
+    qat["used"] = False
+    if qat["triggered"]:
+        began = time.perf_counter()
+        targets = training.Batch(
+            torch.tensor(train.table["label"].to_numpy()),
+            torch.tensor(train.table["dx_index"].to_numpy()),
+        )
+        # QAT fine-tunes with the student's own recipe, at the size it was trained at.
+        converted, fit = qat_int8(
+            model, train.images, targets, val.images, labels,
+            dataclasses.replace(recipe, image_size=size), aug, params, ece_bins, progress,
+        )  # fmt: skip
+        candidate = Path(out) / ".student_int8_qat.pte"
+        qat_ops = write_pte(export(converted, size), candidate)
+        qat_result = score_export(candidate, val, ref_logits, task, params, ece_bins)
+        qat |= {"ptq": results["int8_pte"], "qat": qat_result, "best_epoch": fit.best_epoch}
+        qat["used"] = better(qat_result, results["int8_pte"])
+        if qat["used"]:
+            os.replace(candidate, paths["int8_pte"])
+            results["int8_pte"] = qat_result | {"file": FILES["int8_pte"]}
+            ops["int8_pte"] = qat_ops
+        else:
+            candidate.unlink()
+        qat["seconds"] = time.perf_counter() - began
+
+    for name in results:
+        results[name]["ops"] = ops[name]
+    results["int8_onnx"]["output_bias_correction"] = onnx_bias
+    return {
+        "task": task,
+        "image_size": size,
+        "calibration_images": len(calibration),
+        "float_pytorch": reference | {"size_mb": runtime.size_mb(checkpoint)},
+        **results,
+        "qat": qat,
+        "export_seconds": seconds,
+    }

@@ -8,14 +8,10 @@ the evaluate stage's, then written for ``melanoma-kd predict`` together with the
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
-from pipeline_lib import artifacts, config, data, model_card, models, operating_point, quantization
+from pipeline_lib import artifacts, config, data, model_card, operating_point
 
 
 def main() -> None:
@@ -38,47 +34,17 @@ def main() -> None:
     args = parser.parse_args()
     mp = config.load("metrics", args.params)
 
-    prepared = data.load_prepared(args.prepared)
-    val = data.select(prepared, pd.read_csv(Path(args.split) / "val.csv"))
-    labels, dx_index = val.table["label"].to_numpy(), val.table["dx_index"].to_numpy()
-    checkpoint = Path(args.student) / "model.pt"
-    _, meta = models.load_checkpoint(checkpoint)
-    size = meta["image_size"]
-    logits = {checkpoint: np.load(Path(args.student) / "val_logits.npy")}
-    names = {checkpoint: "float"}
-    for item in args.exported:
-        name, path = item.split("=", 1)
-        # As many runtime threads as torch, as the evaluate stage scores them.
-        logits[Path(path)] = quantization.predict(
-            path, val.images, size, threads=torch.get_num_threads()
-        )
-        names[Path(path)] = name
-    points = {
-        names[path]: operating_point.choose(
-            z,
-            labels,
-            dx_index,
-            path,
-            meta,
-            prepared.images.shape[-1],
-            mp.target_sensitivity,
-            mp.ece_bins,
-        )  # fmt: skip
-        for path, z in logits.items()
-    }
-    deployed = [n for n in names.values() if n != "float"][:1]
-    points = {n: points[n] for n in [*deployed, *points] if n in points}  # the deployed one first
-
+    val = data.load_split(args.prepared, args.split, "val")
+    exported = dict(item.split("=", 1) for item in args.exported)
     reports = {k: artifacts.read_json(v) for k, v in (r.split("=", 1) for r in args.report)}
-    model_card.check_against_evaluate(points, reports["evaluate"])
+    points, summary, card = model_card.build(
+        val, args.student, exported, reports, mp.target_sensitivity, mp.ece_bins,
+        threads=torch.get_num_threads(),  # as many as torch, as the evaluate stage scores them
+    )  # fmt: skip
     operating_point.write(args.out, points)
-    keep = ("temperature", "threshold", "val_sensitivity", "val_specificity", "val_ece")
-    artifacts.write_json(
-        args.metrics,
-        {n: {k: v for k, v in asdict(p).items() if k in keep} for n, p in points.items()},
-    )
+    artifacts.write_json(args.metrics, summary)
     with artifacts.atomic_path(args.card) as tmp:
-        tmp.write_text(model_card.markdown(points, reports))
+        tmp.write_text(card)
     for name, p in points.items():
         print(
             f"model_card: {name}: T={p.temperature:.3f}, p >= {p.threshold:.4f}, val sensitivity "

@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 from torch import nn
 
-from pipeline_lib import benchmarking, config, models, quantization
+from pipeline_lib import benchmarking, config, models, quantization, runtime
 
 SIZE = 32
 PARAMS = dataclasses.replace(
@@ -36,7 +36,8 @@ def test_macs_of_a_single_convolution():
 def test_measure_returns_latency_and_throughput_per_thread_count():
     model = models.create("dsnet_tiny").eval()
     x = np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32)
-    out = benchmarking.measure(lambda n: benchmarking.torch_runner(model, n), x[:1], x, PARAMS)
+    predictor = runtime.Predictor.from_model(model, "binary", SIZE)
+    out = benchmarking.measure(predictor, x[:1], x, PARAMS)
     assert set(out["latency_ms"]) == set(out["throughput_img_s"]) == {"1", "2"}
     for lat in out["latency_ms"].values():
         assert 0 < lat["median"] <= lat["p90"]

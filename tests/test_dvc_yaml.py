@@ -32,9 +32,15 @@ def _imports(path: Path) -> set[str]:
     return {f"{n.replace('.', '/')}.py" for n in seen}
 
 
+def _definition(name: str) -> dict:
+    """A stage's definition; a ``foreach`` stage's is its ``do`` template."""
+    stage = DVC["stages"][name]
+    return stage.get("do", stage)
+
+
 @pytest.mark.parametrize("name", list(DVC["stages"]))
 def test_stage_deps_list_the_modules_it_imports(name):
-    stage = DVC["stages"][name]
+    stage = _definition(name)
     script = f"stages/{name}.py"
     assert script in stage["cmd"], f"stage {name} must run {script}"
     assert script in stage["deps"]

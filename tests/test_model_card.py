@@ -19,10 +19,11 @@ from pipeline_lib import (
     models,
     operating_point,
     quantization,
+    runtime,
 )
 
 
-def _point(**kw) -> operating_point.OperatingPoint:
+def _point(**kw) -> operating_point.ModelOperatingPoint:
     fields = dict(
         file="data/quantize/student_int8.pte", md5="0" * 32, arch="mobilenetv3_small_100",
         task="binary", image_size=128, cache_size=128, temperature=1.23, threshold=0.0777,
@@ -30,7 +31,7 @@ def _point(**kw) -> operating_point.OperatingPoint:
         val_specificity=0.546, val_roc_auc=0.861, val_ece=0.030, val_ece_raw=0.040, n_val=1503,
         n_val_melanoma=168,
     )  # fmt: skip
-    return operating_point.OperatingPoint(**(fields | kw))
+    return operating_point.ModelOperatingPoint(**(fields | kw))
 
 
 POINTS = {
@@ -94,7 +95,7 @@ def _reports() -> dict:
             part: {"images": n, "lesions": n - 400, "melanoma_images": n // 9, "melanoma_share": 0.111}
             for part, n in (("train", 7009), ("val", 1503), ("test", 1503))
         },
-        "train_teacher": {"arch": "resnet18"},
+        "teacher": {"arch": "resnet18"},
         "calibrate": {"temperature": 0.863},
         "distill": {"arch": "mobilenetv3_small_100", "params": 1518881, "teacher_arch": "resnet18",
                     "kd_temperature": 2.0, "kd_alpha": 0.5, "teacher_temperature": 0.863,
@@ -127,7 +128,7 @@ def test_card_has_every_section_with_the_reported_figures():
     assert "white_balance_2 (-0.115) and brightness_2 (-0.048)" in card
     assert "**Small subgroups** (figures too noisy to trust): sex: unknown, site: ear." in card
     assert "not a diagnosis" in card and "no external validation" in card
-    assert "trained from scratch on HAM10000 only" in card
+    assert "from scratch (no pretrained weights), fine-tuned on the HAM10000 train split" in card
     assert "-0.004 [-0.018, 0.010], p = 0.642" in card
     assert "colour constancy" not in card
     reports = _reports()
@@ -185,7 +186,7 @@ def test_stage_on_a_tiny_student(prepared, tmp_path, monkeypatch):
     y = val["label"].to_numpy()
     prob = models.melanoma_probability
     t = calibration.fit_temperature(z_float, y, "binary")
-    z_onnx = quantization.predict(root / "int8.onnx", prepared.images, 32)
+    z_onnx = runtime.Predictor.load(root / "int8.onnx").logits(prepared.images)
     choose = evaluation.choose_thresholds
     reports = _reports()
     ev = reports["evaluate"]

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imported import NEVER, TORCH_EXPORTER, imported_modules, loaded
 from PIL import Image
 from tiny_student import SIZE, build, write_photos
 
-from pipeline_lib import cli, inference, models, operating_point, prediction, quantization
+from pipeline_lib import cli, inference, models, operating_point, prediction, runtime
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _expected(paths, model: str, photo: Path) -> float:
     if model == "float":
         logit = models.load_checkpoint(paths.checkpoint)[0](x).detach().numpy()
     else:
-        logit = quantization.load_runner(paths.file(model))(x.contiguous().numpy())
+        logit = runtime.Predictor.load(paths.file(model)).run(x.contiguous().numpy())
     return float(torch.sigmoid(torch.tensor(logit[0] / op.temperature)))
 
 
@@ -216,3 +217,21 @@ def test_image_files_keeps_order_and_filters_by_suffix(tmp_path):
     for name in ("b.JPG", "a.png", "c.txt"):
         (tmp_path / name).write_bytes(b"")
     assert prediction.image_files([tmp_path]) == [tmp_path / "a.png", tmp_path / "b.JPG"]
+
+
+def test_the_cli_imports_no_training_loop_exporter_or_tracker():
+    """`melanoma-kd predict` starts in seconds: the CLI module pulls in the runtimes only."""
+    modules = imported_modules("import pipeline_lib.cli")
+    assert loaded(modules, NEVER + TORCH_EXPORTER) == []
+    assert loaded(modules, ("timm", "sklearn", "cv2", "pytorch_grad_cam", "flask")) == []
+
+
+@pytest.mark.parametrize("model", ["int8", "int8-onnx", "float"])
+def test_predict_runs_without_the_training_loop_or_exporters(paths, photos, model):
+    argv = [str(photos[0]), "--model", model, "--json", *_flags(paths)]
+    modules = imported_modules(
+        f"from pipeline_lib import cli\nassert cli.main(['predict', *{argv!r}]) == 0"
+    )
+    assert loaded(modules, NEVER) == []
+    if model != "float":  # the float student needs timm, and only it
+        assert loaded(modules, ("timm", "pipeline_lib.models", *TORCH_EXPORTER)) == []

@@ -9,7 +9,7 @@ from conftest import REPO
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pipeline_lib import config, inference, models, quantization, training
+from pipeline_lib import config, inference, models, quantization, runtime, training
 
 SIZE = 32
 FILES = {
@@ -113,14 +113,14 @@ def test_fp32_pte_is_float_and_delegated(exported):
 @pytest.mark.parametrize("name", ["fp32_pte", "fp32_onnx"])
 def test_float_exports_match_pytorch(exported, prepared, reference, name):
     # batch_size 100 exceeds the programs' bound of 64: the runner must split it.
-    logits = quantization.predict(exported[0][name], prepared.images, SIZE, batch_size=100)
+    logits = runtime.Predictor.load(exported[0][name]).logits(prepared.images, batch_size=100)
     assert logits.shape == reference.shape and logits.dtype == np.float32
     np.testing.assert_allclose(logits, reference, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["int8_pte", "int8_onnx", "fp16_onnx"])
 def test_reduced_precision_outputs_stay_close_to_float(exported, prepared, reference, name):
-    logits = quantization.predict(exported[0][name], prepared.images, SIZE)
+    logits = runtime.Predictor.load(exported[0][name]).logits(prepared.images)
     diff = np.abs(logits - reference)
     spread = reference.max() - reference.min()
     assert np.corrcoef(logits, reference)[0, 1] > 0.99
@@ -149,7 +149,7 @@ def test_onnx_int8_output_bias_correction_removes_the_mean_error(exported, prepa
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
-    run = {k: quantization.load_runner(p) for k, p in
+    run = {k: runtime.Predictor.load(p).run for k, p in
            [("float", paths["fp32_onnx"]), ("raw", raw), ("corrected", paths["int8_onnx"])]}  # fmt: skip
     out = {k: r(calibration) for k, r in run.items()}
     expected = float((out["float"] - out["raw"]).mean())
@@ -171,34 +171,6 @@ def test_int8_files_are_smaller(exported):
     paths = exported[0]
     size = {k: p.stat().st_size for k, p in paths.items()}
     assert size["int8_pte"] < size["fp32_pte"] and size["int8_onnx"] < size["fp32_onnx"]
-
-
-@pytest.mark.parametrize("suffix", [".pte", ".onnx"])
-def test_corrupt_or_wrong_files_raise_an_error_naming_the_file(tmp_path, suffix):
-    corrupt = tmp_path / f"corrupt{suffix}"
-    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    wrong = tmp_path / f"notes{suffix}"
-    wrong.write_text("these are notes, not a model\n" * 20)
-    for path in (corrupt, wrong, tmp_path / f"missing{suffix}"):
-        with pytest.raises(quantization.ModelFileError, match=str(path)):
-            quantization.load_runner(path)
-
-
-def test_truncated_pte_and_unknown_suffix_raise(exported, tmp_path):
-    truncated = tmp_path / "truncated.pte"
-    truncated.write_bytes(exported[0]["fp32_pte"].read_bytes()[:5000])
-    with pytest.raises(quantization.ModelFileError, match=str(truncated)):
-        quantization.load_runner(truncated)
-    other = tmp_path / "model.txt"
-    other.write_text("x")
-    with pytest.raises(quantization.ModelFileError, match="unsupported"):
-        quantization.load_runner(other)
-
-
-def test_runner_rejects_images_of_another_size(exported):
-    run = quantization.load_runner(exported[0]["fp32_pte"], threads=1)
-    with pytest.raises(ValueError, match="takes"):
-        run(np.zeros((1, 3, SIZE + 8, SIZE + 8), np.float32))
 
 
 def test_degradation_bounds_and_choice():
@@ -232,7 +204,7 @@ def test_qat_fine_tunes_and_lowers_to_int8(student, prepared, tmp_path):
     report = quantization.write_pte(quantization.export(converted, SIZE), tmp_path / "qat.pte")
     assert report["conv_linear_int8_delegated"] == CONV_LINEAR
     assert report["compute_ops_outside_delegates"] == {}
-    logits = quantization.predict(tmp_path / "qat.pte", images[:8], SIZE)
+    logits = runtime.Predictor.load(tmp_path / "qat.pte").logits(images[:8])
     assert logits.shape == (8,) and np.isfinite(logits).all()
 
 
@@ -263,6 +235,6 @@ def test_colour_constant_student_exports_with_its_normalisation(student, prepare
     quantization.write_pte(quantization.export(model, SIZE), tmp_path / "cc.pte")
     quantization.write_onnx(model, SIZE, tmp_path / "cc.onnx")
     for name in ("cc.pte", "cc.onnx"):
-        run = quantization.load_runner(tmp_path / name)
+        run = runtime.Predictor.load(tmp_path / name).run
         np.testing.assert_allclose(run(x), ref, atol=1e-4)
         np.testing.assert_allclose(run(tinted), ref, atol=1e-4)  # blind to the tint

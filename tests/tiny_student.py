@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from synthetic import draw_image
 
-from pipeline_lib import data, inference, models, operating_point, prediction, quantization
+from pipeline_lib import data, inference, models, operating_point, prediction, quantization, runtime
 
 SIZE = 32
 META = {"arch": "dsnet_tiny", "task": "binary", "global_pool": "avg", "drop_rate": 0.0}
@@ -39,8 +39,8 @@ def build(root: Path, prepared: data.Prepared, exports: bool = True) -> predicti
         quantization.write_pte(quantization.export(int8, SIZE), paths.pte)
         quantization.write_onnx(model, SIZE, root / "fp32.onnx")
         quantization.write_onnx_int8(root / "fp32.onnx", paths.onnx, calibration)
-        logits["int8"] = quantization.predict(paths.pte, prepared.images, SIZE, threads=1)
-        logits["int8-onnx"] = quantization.predict(paths.onnx, prepared.images, SIZE, threads=1)
+        logits["int8"] = runtime.Predictor.load(paths.pte, threads=1).logits(prepared.images)
+        logits["int8-onnx"] = runtime.Predictor.load(paths.onnx, threads=1).logits(prepared.images)
     labels, dx = prepared.table["label"].to_numpy(), prepared.table["dx_index"].to_numpy()
     cache = prepared.images.shape[-1]
     points = {
