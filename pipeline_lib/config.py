@@ -19,7 +19,7 @@ import yaml
 Task = Literal["binary", "dx"]
 LossName = Literal["bce", "focal", "ce"]
 Device = Literal["auto", "cpu", "cuda"]
-TeacherRuntime = Literal["auto", "torch", "torch_bf16", "onnxruntime"]
+TeacherRuntime = Literal["auto", "torch", "onnxruntime"]
 
 
 class ParamsError(ValueError):
@@ -146,21 +146,12 @@ class KDParams:
 
     ``temperature`` is the KD softening temperature, not the calibration temperature.
     ``teacher_runtime`` runs the frozen teacher's forward (``training.Distillation``).
-    ``feature_prior > 0`` stacks the teacher with gradient boosting on handcrafted features
-    computed at that image size (:mod:`pipeline_lib.prior`); 0 = the teacher alone.
     """
 
     temperature: float
     alpha: float
     use_calibrated_teacher: bool
     teacher_runtime: TeacherRuntime
-    feature_prior: int
-
-    def __post_init__(self):
-        if self.feature_prior < 0:
-            raise ParamsError(
-                f"kd.feature_prior must be 0 (off) or an image size > 0, got {self.feature_prior}"
-            )
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 
-from pipeline_lib import evaluation, features, metrics, prior, runs, training
+from pipeline_lib import evaluation, features, metrics, runs, training
 
 
 def late_fusion(
@@ -58,7 +58,7 @@ def late_fusion(
     metadata = ("metadata", features.metadata_transformer(), list(features.METADATA_COLUMNS))
     variants = {"logit_only": [], "fused": [metadata]}
     if baseline_prob is not None:
-        x = x.assign(baseline=prior.logit(baseline_prob))
+        x = x.assign(baseline=metrics.logit(baseline_prob))
         out["baseline_roc_auc"] = metrics.roc_auc(y, baseline_prob)
         variants["stacked"] = [("baseline", "passthrough", ["baseline"])]
     for name, extra in variants.items():
@@ -83,8 +83,8 @@ def confirm_on_test(
 ) -> dict[str, float]:
     """The stacker fitted on all of val (its only choice), then scored once on test."""
     clf = LogisticRegression(C=c, max_iter=2000)
-    clf.fit(np.c_[val_logit, prior.logit(val_baseline)], val["label"].to_numpy())
-    p = clf.predict_proba(np.c_[test_logit, prior.logit(test_baseline)])[:, 1]
+    clf.fit(np.c_[val_logit, metrics.logit(val_baseline)], val["label"].to_numpy())
+    p = clf.predict_proba(np.c_[test_logit, metrics.logit(test_baseline)])[:, 1]
     y = test["label"].to_numpy()
     return {
         "test_roc_auc": metrics.roc_auc(y, test_logit),

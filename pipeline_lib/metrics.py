@@ -167,3 +167,9 @@ def summary(
 def as_dict(op: OperatingPoint) -> dict:
     """JSON-ready view of an operating point."""
     return asdict(op)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log p / (1 - p)`` of a classifier's probabilities, clipped to +-13.8 at 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))

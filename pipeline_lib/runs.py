@@ -63,19 +63,10 @@ def subsample(part: data.Prepared, limit: int, seed: int) -> data.Prepared:
     return data.Prepared(part.images[rows], part.table.iloc[rows])
 
 
-def targets(table: pd.DataFrame, prior: pd.Series | None = None) -> training.Batch:
-    """Melanoma labels and dx indices of a split table, and the rows' prior logits if given
-    (``prior`` indexed by ``image_id``)."""
-    rows = None
-    if prior is not None:
-        missing = sorted(set(table["image_id"]) - set(prior.index))
-        if missing:
-            raise KeyError(f"no prior logit for {len(missing)} images, e.g. {missing[0]}")
-        rows = torch.tensor(prior.loc[table["image_id"]].to_numpy(), dtype=torch.float32)
+def targets(table: pd.DataFrame) -> training.Batch:
+    """Melanoma labels and dx indices of a split table."""
     return training.Batch(
-        torch.tensor(table["label"].to_numpy()),
-        torch.tensor(table["dx_index"].to_numpy()),
-        prior=rows,
+        torch.tensor(table["label"].to_numpy()), torch.tensor(table["dx_index"].to_numpy())
     )
 
 
@@ -105,9 +96,8 @@ def _fit(
     train: data.Prepared,
     val: data.Prepared,
     live_dir: Path,
-    train_prior: pd.Series | None,
 ) -> training.FitResult:
-    args = (model, objective, train.images, targets(train.table, train_prior), val.images,
+    args = (model, objective, train.images, targets(train.table), val.images,
             val.table["label"].to_numpy(), params, aug, ece_bins)  # fmt: skip
     if not distributed.setup(params.device).is_main:  # under torchrun, rank 0 writes everything
         return training.fit(*args, progress=False)
@@ -127,18 +117,13 @@ def train_and_save(
     metrics_path: str | Path,
     live_dir: str | Path,
     extra_metrics: dict | None = None,
-    train_prior: pd.Series | None = None,
 ) -> training.FitResult:
-    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics.
-
-    ``train_prior`` (prior logits by ``image_id``) rides along with the train targets, for a
-    distillation objective with a feature prior.
-    """
+    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics."""
     train = subsample(
         load_split(prepared, split_dir, "train"), params.max_train_images, params.seed
     )
     val = load_split(prepared, split_dir, "val")
-    result = _fit(model, objective, params, aug, ece_bins, train, val, Path(live_dir), train_prior)
+    result = _fit(model, objective, params, aug, ece_bins, train, val, Path(live_dir))
     if result.rank != 0:
         return result
     save_model(out_dir, result.model, checkpoint_meta(params, model, result.best_epoch),

@@ -33,31 +33,18 @@ class Batch:
     """Targets of one batch: binary melanoma label and 7-way dx index.
 
     After mixup/cutmix, ``partner`` holds the targets of the images mixed in: the hard loss is
-    ``lam * loss(own) + (1 - lam) * loss(partner)``. ``prior`` is an optional per-image
-    melanoma logit that distillation stacks with the teacher's (:mod:`pipeline_lib.prior`).
+    ``lam * loss(own) + (1 - lam) * loss(partner)``.
     """
 
     label: torch.Tensor
     dx: torch.Tensor
     partner: Batch | None = None
     lam: float = 1.0
-    prior: torch.Tensor | None = None
 
     def take(self, rows: torch.Tensor | slice, device: torch.device) -> Batch:
         """The targets of ``rows``, on ``device``."""
         partner = None if self.partner is None else self.partner.take(rows, device)
-        prior = None if self.prior is None else self.prior[rows].to(device)
-        return Batch(
-            self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam, prior
-        )
-
-    def mixed_prior(self) -> torch.Tensor:
-        """The prior of each (possibly mixed) image: mixed like the images, in logit space."""
-        if self.prior is None:
-            raise ValueError("this batch carries no prior logits")
-        if self.partner is None:
-            return self.prior
-        return self.lam * self.prior + (1 - self.lam) * self.partner.mixed_prior()
+        return Batch(self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam)
 
 
 def task_target(task: str, batch: Batch) -> torch.Tensor:
@@ -105,30 +92,12 @@ class Supervised:
         return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
 
 
-class Bf16Forward(nn.Module):
-    """A frozen model whose forward runs under bf16 autocast; float32 outputs, no gradient.
-
-    For a teacher on a CPU with native bf16 (AVX-512 BF16 or AMX): a ResNet-18's forward at
-    batch 64, 128 px took 210-285 ms against 333-342 ms in ONNX Runtime and 425-554 ms in float
-    PyTorch on this 2-core CPU. Logits differ from float32 by bf16 rounding (about 1e-2 relative).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.model(x).float()
-
-
 def frozen_runner(model: nn.Module, runtime: TeacherRuntime, device: torch.device) -> nn.Module:
-    """The frozen ``model`` on ``device`` (channels_last, float or bf16) or in ONNX Runtime,
-    per ``kd.teacher_runtime``."""
+    """The frozen ``model`` on ``device`` (channels_last) or in ONNX Runtime, per
+    ``kd.teacher_runtime``."""
     if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
         return OnnxRuntimeModule(model.cpu())
-    model = model.to(device, memory_format=torch.channels_last)
-    return Bf16Forward(model) if runtime == "torch_bf16" else model
+    return model.to(device, memory_format=torch.channels_last)
 
 
 class Distillation(Supervised):
@@ -146,13 +115,8 @@ class Distillation(Supervised):
             trained on. ``None`` feeds the batch as it is.
         teacher_runtime: what runs the frozen teacher's forward: ``torch``; ``onnxruntime``
             (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding, a
-            distillation epoch about 15% faster on this CPU); ``torch_bf16`` (PyTorch under
-            bf16 autocast, :class:`Bf16Forward`, for CPUs with native bf16); ``auto`` =
-            onnxruntime when training on CPU, torch on GPU (where the teacher also gets the
-            loop's bf16 autocast).
-        prior_weights: ``(teacher_weight, prior_weight, bias)``: the soft target becomes
-            ``teacher_weight * z_teacher + prior_weight * batch.prior + bias`` (melanoma
-            logits; :mod:`pipeline_lib.prior`). Binary students only; ``None`` = the teacher alone.
+            distillation epoch about 15% faster on a 2-core CPU); ``auto`` = onnxruntime when
+            training on CPU, torch on GPU (where the teacher also gets the loop's bf16 autocast).
     """
 
     def __init__(
@@ -168,12 +132,8 @@ class Distillation(Supervised):
         focal_gamma: float = 2.0,
         teacher_image_size: int | None = None,
         teacher_runtime: TeacherRuntime = "torch",
-        prior_weights: tuple[float, float, float] | None = None,
     ):
         super().__init__(task, loss, pos_weight, focal_gamma)
-        if prior_weights is not None and task != "binary":
-            raise ValueError(f"a feature prior needs a binary student, got distill.task {task!r}")
-        self.prior_weights = prior_weights
         self.teacher_image_size = teacher_image_size
         if teacher_runtime not in get_args(TeacherRuntime):
             raise ValueError(
@@ -201,7 +161,7 @@ class Distillation(Supervised):
         return resize(x, self.teacher_image_size)
 
     def to(self, device: torch.device) -> Distillation:
-        if isinstance(self.teacher, OnnxRuntimeModule | Bf16Forward):
+        if isinstance(self.teacher, OnnxRuntimeModule):
             return self
         self.teacher = frozen_runner(self.teacher, self.teacher_runtime, device)
         return self
@@ -217,9 +177,6 @@ class Distillation(Supervised):
             soft = losses.softmax_kd(student, teacher, self.temperature)
         else:
             target = binary_logit(teacher, self.teacher_task)
-            if self.prior_weights is not None:
-                a, b, c = self.prior_weights
-                target = a * target + b * batch.mixed_prior() + c
             soft = losses.bernoulli_kd(student, target, self.temperature)
         loss = (1 - self.alpha) * hard + self.alpha * soft
         return {"loss": loss, "hard": hard.detach(), "soft": soft.detach()}

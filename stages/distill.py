@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline_lib import artifacts, config, models, prior, runs, training
+from pipeline_lib import artifacts, config, models, runs, training
 
 
 def main() -> None:
@@ -32,19 +32,11 @@ def main() -> None:
     fitted = artifacts.read_json(Path(args.temperature))["temperature"]
     teacher_temperature = fitted if kd.use_calibrated_teacher else 1.0
     student = runs.create_model(params, args.weights)
-    feature_prior = None
-    if kd.feature_prior:
-        feature_prior = prior.for_distillation(
-            args.prepared, args.split, teacher, teacher_meta, teacher_temperature,
-            kd.feature_prior, params.seed,
-        )  # fmt: skip
-        print(f"distill: feature prior {feature_prior.summary()}")
     objective = training.Distillation(
         teacher.to(memory_format=torch.channels_last), teacher_meta["task"], params.task,
         params.loss, kd.temperature, kd.alpha, teacher_temperature, params.pos_weight,
         params.focal_gamma, teacher_image_size=teacher_meta["image_size"],
         teacher_runtime=kd.teacher_runtime,
-        prior_weights=None if feature_prior is None else feature_prior.weights,
     )  # fmt: skip
     extra = {
         "kd_temperature": kd.temperature,
@@ -52,13 +44,10 @@ def main() -> None:
         "teacher_temperature": teacher_temperature,
         "teacher_arch": teacher_meta["arch"],
         "color_constancy": params.color_constancy,
-        "feature_prior": kd.feature_prior,
-        **({} if feature_prior is None else feature_prior.summary()),
     }
     result = runs.train_and_save(
         student, objective, params, aug, ece_bins, args.prepared, args.split,
         args.out, args.metrics, args.live, extra,
-        train_prior=None if feature_prior is None else feature_prior.train_logit,
     )  # fmt: skip
     if result.rank == 0:
         print(

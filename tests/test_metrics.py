@@ -105,3 +105,10 @@ def test_shape_mismatch_and_nan_are_rejected():
         metrics.roc_auc([0, 1], [0.1])
     with pytest.raises(ValueError, match="NaN"):
         metrics.roc_auc([0, 1], [0.1, float("nan")])
+
+
+def test_logit_inverts_the_sigmoid_and_clips_certainty():
+    p = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(metrics.logit(p), np.log(p / (1 - p)))
+    np.testing.assert_allclose(1 / (1 + np.exp(-metrics.logit(p))), p)
+    assert metrics.logit(np.array([0.0, 1.0])) == pytest.approx([-13.8155, 13.8155], abs=1e-3)
