@@ -213,6 +213,22 @@ def report(results: dict[str, Result]) -> dict[str, Any]:
     return out
 
 
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures a reviewer compares across runs (``dvc metrics diff``): ``baselines.json``.
+
+    Each model's val ROC-AUC (what chose it) and test ROC-AUC, and ``best_by_val``; the other
+    figures and the hyperparameters stay in the stage's report (:func:`report`). Every figure
+    keeps its key path and value, so the summary of a summary is itself.
+    """
+    out: dict[str, Any] = {
+        name: {k: r[k] for k in ("val_roc_auc", "test_roc_auc")}
+        for name, r in report.items()
+        if isinstance(r, dict)
+    }
+    out["best_by_val"] = report["best_by_val"]
+    return out
+
+
 def predictions(val: pd.DataFrame, test: pd.DataFrame, results: dict[str, Result]) -> pd.DataFrame:
     """One row per val and test image: ids, label and each model's melanoma probability."""
     frames = []

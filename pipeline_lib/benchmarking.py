@@ -204,6 +204,25 @@ def ratios(results: dict[str, dict], reference: str) -> dict[str, dict[str, floa
     return out
 
 
+def summary(report: dict, models: list[str]) -> dict:
+    """The figures a reviewer compares across runs (``dvc metrics diff``): ``benchmark.json``.
+
+    For each of ``models``: file size, median batch-1 latency and batch throughput at every
+    thread count. Every figure keeps its key path and value from ``report`` (the stage's
+    report: every model and figure, p90 latencies, RAM, MACs, ratios), so the summary of a
+    summary is itself.
+    """
+    out = {}
+    for name in models:
+        r = report["models"][name]
+        out[name] = {
+            "size_mb": r["size_mb"],
+            "latency_ms": {t: {"median": v["median"]} for t, v in r["latency_ms"].items()},
+            "throughput_img_s": dict(r["throughput_img_s"]),
+        }
+    return {"models": out}
+
+
 def plot_auc_vs_cost(results: dict[str, dict], threads: str, path: str | Path) -> None:
     """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG."""
     # plotting's pyplot, which it has switched to the Agg backend (renders without a display)

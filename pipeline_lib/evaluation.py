@@ -306,6 +306,39 @@ def evaluate_all(
     return out
 
 
+# The figures ``metrics/evaluate.json`` keeps (:func:`summary`); everything else the stage
+# computes goes to its report (``plots/evaluate/report.json``), which is not a DVC metric.
+SUMMARY_COUNTS = ("n_test", "n_test_melanoma", "n_test_lesions", "bootstrap")
+SUMMARY_FIGURES = ("val_roc_auc", "roc_auc", "roc_auc_low", "roc_auc_high", "pr_auc", "ece")
+SUMMARY_OPERATING = ("sensitivity", "specificity")
+
+
+def summary(results: dict, exported: list[str]) -> dict:
+    """The figures a reviewer compares across runs (``dvc metrics diff``): ``evaluate.json``.
+
+    The split's counts; for the teacher, the float student, each export except the fp32 ones
+    (the float student again, checked by the quantize stage) and the best baseline by val:
+    val ROC-AUC, test ROC-AUC with its CI, PR-AUC and ECE, and sensitivity and specificity at
+    the threshold chosen on val; for the calibrated teacher and student, their test ECE. Every
+    figure keeps its key path and value from ``results`` (the stage's report), so the summary
+    of a summary is itself.
+
+    Args:
+        results: :func:`evaluate_stage`'s dict (or a summary).
+        exported: the exported students' names.
+    """
+    best = results["best_baseline_by_val"]
+    out: dict = {k: results[k] for k in SUMMARY_COUNTS} | {"best_baseline_by_val": best}
+    for name in ["teacher", "student", *(n for n in exported if "fp32" not in n), best]:
+        figures = results[name]
+        out[name] = {k: figures[k] for k in SUMMARY_FIGURES}
+        at = figures["at_target_sensitivity"]
+        out[name]["at_target_sensitivity"] = {k: at[k] for k in SUMMARY_OPERATING}
+        if f"{name}_calibrated" in results:
+            out[f"{name}_calibrated"] = {"ece": results[f"{name}_calibrated"]["ece"]}
+    return out
+
+
 def subgroup_table(results: dict) -> pd.DataFrame:
     """The ``subgroups`` section of :func:`evaluate_all` as one long table."""
     rows = [
@@ -386,8 +419,9 @@ def evaluate_stage(
     for the student and the deployed export (the teacher would take minutes more).
 
     Returns:
-        the ``evaluate.json`` dict (:func:`evaluate_all` with temperatures, the best baseline
-        by val and the shift figures), and the shift robustness table.
+        the stage's report (:func:`evaluate_all` with temperatures, the best baseline by val
+        and the shift figures; :func:`summary` takes the metrics from it), and the shift
+        robustness table.
     """
     results = evaluate_all(
         scores, val.table, test.table, "teacher", ["student", *exported],

@@ -5,10 +5,13 @@ scored on the val images in its own runtime and gets its own (:func:`choose_poin
 choices are checked against the evaluate stage's, then written for ``melanoma-kd predict``
 together with the card (:func:`build`).
 
-Unlike the other stages, the model_card stage reads ``metrics/*.json``: the card is an end
-point for people that summarises them, and it is regenerated whenever any of them changes.
-Every figure in it comes from those files or from the operating points chosen on val; nothing
-is computed on the test split here.
+Unlike the other stages, the model_card stage reads the other stages' reports: the card is an
+end point for people that summarises them, and it is regenerated whenever any of them changes.
+They are ``metrics/<stage>.json``, except for evaluate and benchmark, whose metrics files keep
+only the headline figures: the card reads their full reports (``plots/evaluate/report.json``
+with subgroups, shift robustness and paired comparisons; ``plots/benchmark/report.json`` with
+peak RAM). Every figure in it comes from those files or from the operating points chosen on
+val; nothing is computed on the test split here.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ FILE_KINDS = {
 REPORTS = (
     "prepare", "split", "teacher", "calibrate", "distill", "quantize", "evaluate", "benchmark",
 )  # fmt: skip
+# A key of each full report that its stage's metrics file (the headline figures) lacks.
+FULL_REPORTS = {"evaluate": "subgroups", "benchmark": "teacher_over_student"}
+
+
+def _check_reports(reports: dict[str, dict]) -> None:
+    missing = [name for name in REPORTS if name not in reports]
+    if missing:
+        raise ValueError(f"model card needs the reports of {missing}")
+    for name, key in FULL_REPORTS.items():
+        if key not in reports[name]:
+            raise ValueError(
+                f"the {name} report has no {key!r}: pass plots/{name}/report.json, not the "
+                f"headline figures of metrics/{name}.json"
+            )
 
 
 def _start(pretrained: str) -> str:
@@ -66,7 +83,7 @@ def check_against_evaluate(points: dict[str, ModelOperatingPoint], evaluate: dic
     """The val choices here must be the ones the evaluate stage made from the same val scores.
 
     The float student's temperature and both of its thresholds, and each export's threshold on
-    its raw probability, are compared with ``evaluate.json``.
+    its raw probability, are compared with the evaluate stage's report (``evaluate``).
 
     Raises:
         ConsistencyError: listing every figure that differs.
@@ -75,7 +92,7 @@ def check_against_evaluate(points: dict[str, ModelOperatingPoint], evaluate: dic
 
     def compare(what: str, ours: float, theirs: float) -> None:
         if not _close(ours, theirs, tol):
-            wrong.append(f"{what}: {ours:.6g} here, {theirs:.6g} in evaluate.json")
+            wrong.append(f"{what}: {ours:.6g} here, {theirs:.6g} in the evaluate report")
 
     for name, op in points.items():
         tol = TOLERANCE["float" if name == "float" else "export"]
@@ -91,7 +108,8 @@ def check_against_evaluate(points: dict[str, ModelOperatingPoint], evaluate: dic
             compare("float calibrated threshold", op.threshold, threshold)
     if wrong:
         raise ConsistencyError(
-            "operating points differ from evaluate.json (rerun `dvc repro`): " + "; ".join(wrong)
+            "operating points differ from the evaluate report (rerun `dvc repro`): "
+            + "; ".join(wrong)
         )
 
 
@@ -145,7 +163,8 @@ def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     header = ["`--model`", "runtime", "file", "size (MB)", "latency 1 thread (ms)"]
     lines += _table([*header, "latency 2 threads (ms)", "peak RAM of the process (MB)"], rows)
     lines += [
-        "Batch-1 median latency on the benchmark machine (2-core CPU, `metrics/benchmark.json`). "
+        "Batch-1 median latency on the benchmark machine (2-core CPU, "
+        "`plots/benchmark/report.json`). "
         "Peak RAM counts the Python runtime and its libraries, not only the model.",
         "",
     ]
@@ -355,12 +374,12 @@ def markdown(points: dict[str, ModelOperatingPoint], reports: dict[str, dict]) -
 
     Args:
         points: the operating point of each ``--model`` name, the deployed one (``int8``) first.
-        reports: the pipeline's reports by stage name (:data:`REPORTS`): ``metrics/<stage>.json``
-            and, for ``split``, ``data/split/split_metadata.json``.
+        reports: the pipeline's reports by stage name (:data:`REPORTS`): ``metrics/<stage>.json``;
+            for ``evaluate`` and ``benchmark`` the stage's full ``plots/<stage>/report.json``
+            (the metrics files keep only the headline figures); for ``split``,
+            ``data/split/split_metadata.json``.
     """
-    missing = [name for name in REPORTS if name not in reports]
-    if missing:
-        raise ValueError(f"model card needs the reports of {missing}")
+    _check_reports(reports)
     evaluate = reports["evaluate"]
     shift, worst = _shift(evaluate)
     lines = [
@@ -442,6 +461,7 @@ def build(
     Raises:
         ConsistencyError: when the points differ from the evaluate stage's choices.
     """
+    _check_reports(reports)
     points = choose_points(val, student, exported, target_sensitivity, ece_bins, threads)
     check_against_evaluate(points, reports["evaluate"])
     return points, summary(points), markdown(points, reports)

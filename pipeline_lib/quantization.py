@@ -417,6 +417,31 @@ def score_export(
     }
 
 
+# What ``metrics/quantize.json`` keeps of the stage's report (:func:`summary`).
+SUMMARY_FILES = ("int8_pte", "int8_onnx")
+SUMMARY_FIGURES = (
+    "size_mb", "val_roc_auc", "val_ece", "val_roc_auc_drop", "val_ece_change", "within_bounds",
+)  # fmt: skip
+
+
+def summary(report: dict) -> dict:
+    """The figures a reviewer compares across runs (``dvc metrics diff``): ``quantize.json``.
+
+    The float student's val ROC-AUC, ECE and size; each int8 file's size, val ROC-AUC and ECE,
+    their change from the float student and whether that is within the bounds; and whether
+    QAT was triggered and used (``qat.used``: the int8 ``.pte`` is the QAT one, else
+    post-training). Every figure keeps its key path and value from ``report``
+    (:func:`quantize_student`'s: every file, ops reports, QAT detail, export times), so the
+    summary of a summary is itself.
+    """
+    out: dict = {"float_pytorch": dict(report["float_pytorch"])}
+    for name in SUMMARY_FILES:
+        if name in report:
+            out[name] = {k: report[name][k] for k in SUMMARY_FIGURES}
+    out["qat"] = {k: report["qat"][k] for k in ("triggered", "used")}
+    return out
+
+
 def quantize_student(
     checkpoint: str | Path,
     train: data.Prepared,

@@ -24,6 +24,18 @@ def curves(y, probs: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]
     return pd.concat(roc, ignore_index=True), pd.concat(pr, ignore_index=True)
 
 
+def write_curve_files(table: pd.DataFrame, folder: Path, names: dict[str, str]) -> None:
+    """One CSV per model of a long-format curve table, ``folder/<file name>.csv``, without the
+    ``model`` column: the files that ``dvc plots`` draws one line each from (dvc.yaml).
+
+    Args:
+        names: the file name of each model (a model that changes from run to run, such as the
+            best baseline, gets a fixed one).
+    """
+    for name, part in table.groupby("model", sort=False):
+        artifacts.write_csv(folder / f"{names.get(name, name)}.csv", part.drop(columns="model"))
+
+
 def plot_curves(table: pd.DataFrame, x: str, y: str, labels: dict[str, str], path: Path) -> None:
     """One line per model of a long-format curve table; ``labels`` carry the AUCs."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -196,6 +208,10 @@ def write_all(
 ) -> None:
     """Every PNG, the curve and table CSVs, and report.md of the evaluate stage under ``out``.
 
+    The ROC and PR curves are written twice: ``roc.csv`` and ``pr.csv`` with a ``model``
+    column, and ``roc/<model>.csv`` and ``pr/<model>.csv`` for ``dvc plots`` (the best baseline
+    as ``best_baseline.csv``).
+
     Args:
         results: :func:`evaluation.evaluate_all`'s dict, with ``best_baseline_by_val`` and
             ``shift`` added.
@@ -211,6 +227,8 @@ def write_all(
     roc, pr = curves(y, shown)  # calibrated variants left out: same ranking, same curves
     artifacts.write_csv(out / "roc.csv", roc)
     artifacts.write_csv(out / "pr.csv", pr)
+    for curve, folder in ((roc, "roc"), (pr, "pr")):
+        write_curve_files(curve, out / folder, {best: "best_baseline"})
     for curve, x, y_col, metric in (
         (roc, "fpr", "tpr", "roc_auc"),
         (pr, "recall", "precision", "pr_auc"),

@@ -118,7 +118,10 @@ def train_and_save(
     live_dir: str | Path,
     extra_metrics: dict | None = None,
 ) -> training.FitResult:
-    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics."""
+    """Train on train, select on val, write ``model.pt``, ``val_logits.npy`` and the metrics.
+
+    ``live_dir`` gets dvclive's per-epoch TSVs and ``curves.png`` (train loss, val ROC-AUC).
+    """
     train = subsample(
         load_split(prepared, split_dir, "train"), params.max_train_images, params.seed
     )
@@ -128,6 +131,7 @@ def train_and_save(
         return result
     save_model(out_dir, result.model, checkpoint_meta(params, model, result.best_epoch),
                result.val_logits)  # fmt: skip
+    tracking.plot_curves(result.history, result.best_epoch, Path(live_dir) / "curves.png")
     best = result.best_metrics
     summary = {
         "arch": params.arch,

@@ -1,4 +1,8 @@
-"""benchmark: teacher vs every student format on this CPU: size, MACs, latency, throughput, RAM, val AUC."""
+"""benchmark: teacher vs every student format on this CPU: size, MACs, latency, throughput, RAM, val AUC.
+
+Every figure goes to the report (``--report``, JSON); the metrics file keeps size, latency and
+throughput of :data:`SUMMARY` (:func:`benchmarking.summary`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ EXPORTED = {  # name -> (file written by the quantize stage, runtime, precision)
     "student_onnx_int8": ("student_int8.onnx", "onnxruntime_cpu", "int8"),
     "student_onnx_fp16": ("student_fp16.onnx", "onnxruntime_cpu", "fp16"),
 }
+# In the metrics file: the deployable students (`melanoma-kd predict --model float, int8,
+# int8-onnx`) and the teacher they are compared with.
+SUMMARY = ["teacher_pytorch", "student_pytorch", "student_executorch_int8", "student_onnx_int8"]
 
 
 def main() -> None:
@@ -23,7 +30,8 @@ def main() -> None:
     parser.add_argument("--quantized", required=True, help="the quantize stage's folder")
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--split", required=True)
-    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--metrics", required=True, help="benchmark.json: the headline figures")
+    parser.add_argument("--report", required=True, help="report.json: every figure")
     parser.add_argument("--plots", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
@@ -42,15 +50,14 @@ def main() -> None:
         results[name] = {"runtime": runtime, "precision": precision} | row
         print(f"benchmark: {name} done")
 
-    artifacts.write_json(
-        args.metrics,
-        {
-            "threads": params.threads,
-            "throughput_batch": params.throughput_batch,
-            "models": results,
-            "teacher_over_student": benchmarking.ratios(results, "teacher_pytorch"),
-        },
-    )
+    report = {
+        "threads": params.threads,
+        "throughput_batch": params.throughput_batch,
+        "models": results,
+        "teacher_over_student": benchmarking.ratios(results, "teacher_pytorch"),
+    }
+    artifacts.write_json(args.report, report)
+    artifacts.write_json(args.metrics, benchmarking.summary(report, SUMMARY))
     one_thread = str(min(params.threads))
     benchmarking.plot_auc_vs_cost(results, one_thread, Path(args.plots) / "auc_vs_latency.png")
     for name, r in results.items():

@@ -1,5 +1,9 @@
 """evaluate: every model on the test split at val-chosen thresholds, with lesion-bootstrap CIs,
-error analysis, subgroups and shift robustness."""
+error analysis, subgroups and shift robustness.
+
+Every figure goes to the report (``--report``, JSON); the metrics file keeps the ones a
+reviewer compares between runs (:func:`evaluation.summary`).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ def main() -> None:
         "--exported", action="append", default=[], metavar="NAME=PATH",
         help="an exported student (.pte or .onnx); the first is the deployed one",
     )  # fmt: skip
-    parser.add_argument("--metrics", required=True, help="evaluate.json")
+    parser.add_argument("--metrics", required=True, help="evaluate.json: the headline figures")
+    parser.add_argument("--report", required=True, help="report.json: every figure")
     parser.add_argument("--plots", required=True, help="folder for PNGs, CSVs and report.md")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
@@ -45,7 +50,8 @@ def main() -> None:
         scores, predictors, temperatures, val, test, list(exported), params, mp
     )
     print(f"evaluate: figures and shift robustness done at {time.perf_counter() - start:.0f}s")
-    artifacts.write_json(args.metrics, results)
+    artifacts.write_json(args.report, results)
+    artifacts.write_json(args.metrics, evaluation.summary(results, list(exported)))
 
     plots = Path(args.plots)
     report.shift_plot(table, plots / "shift.png")

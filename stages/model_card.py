@@ -25,7 +25,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--report", action="append", default=[], metavar="STAGE=PATH",
-        help="a stage's JSON report (metrics/<stage>.json, split=split_metadata.json)",
+        help="a stage's JSON report: metrics/<stage>.json, evaluate and benchmark: their "
+        "plots/<stage>/report.json, split: split_metadata.json",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="operating_point.json")
     parser.add_argument("--metrics", required=True)

@@ -110,6 +110,7 @@ def test_members_trained_apart_make_the_teacher_stage_output(tmp_path, prepared)
     root = _prepared_and_split(tmp_path, prepared)
     _train_member(tmp_path, root, "tiny", "dsnet_tiny")
     _train_member(tmp_path, root, "resnet", "test_resnet", seed=1)
+    assert (tmp_path / "live_tiny" / "curves.png").stat().st_size > 0  # beside dvclive's TSVs
     val = runs.load_split(root, tmp_path, "val")
     members = {n: tmp_path / n / "model.pt" for n in ("tiny", "resnet")}
     summary = ensemble.write_teacher(members, val, tmp_path / "teacher", tmp_path / "t.json", 15)

@@ -217,6 +217,18 @@ def test_evaluate_all_and_report_files(clustered, tmp_path):
     table_shift = shift.robustness({"student": lambda x: noisy}, {"student": 0.5}, images, y, 0)
     out["shift"] = shift.as_metrics(table_shift)
     out["best_baseline_by_val"] = "baseline_lr"
+    # The metrics file: the counts, six figures and the operating point of the teacher, the
+    # student, each export but the fp32 ones and the best baseline; calibrated ECEs.
+    small = evaluation.summary(out, ["int8", "student_fp32_onnx"])
+    models = {"teacher", "student", "int8", "baseline_lr"}
+    assert set(small) == models | {"teacher_calibrated", "student_calibrated",
+        "n_test", "n_test_melanoma", "n_test_lesions", "bootstrap", "best_baseline_by_val"}  # fmt: skip
+    assert small["student_calibrated"] == {"ece": out["student_calibrated"]["ece"]}
+    assert small["int8"]["roc_auc_low"] == out["int8"]["roc_auc_low"]
+    assert small["int8"]["at_target_sensitivity"] == {
+        k: out["int8"]["at_target_sensitivity"][k] for k in ("sensitivity", "specificity")
+    }
+    assert evaluation.summary(small, ["int8"]) == small
     report.write_all(out, scores, images, table, ["int8"], 10, 0.95, 2, tmp_path)
     report.shift_plot(table_shift, tmp_path / "shift.png")
     names = ["roc", "pr", "reliability", "confusion", "threshold_curves", "confidence_hist",
@@ -226,5 +238,11 @@ def test_evaluate_all_and_report_files(clustered, tmp_path):
     roc = pd.read_csv(tmp_path / "roc.csv")
     assert list(roc.columns) == ["model", "fpr", "tpr"]
     assert set(roc["model"]) == {"baseline_lr", "teacher", "student", "int8"}
+    for folder, columns in (("roc", ["fpr", "tpr"]), ("pr", ["recall", "precision"])):
+        files = {p.stem for p in (tmp_path / folder).iterdir()}
+        assert files == {"best_baseline", "teacher", "student", "int8"}  # dvc.yaml's data plots
+        assert list(pd.read_csv(tmp_path / folder / "best_baseline.csv").columns) == columns
+    long = roc[roc["model"] == "baseline_lr"][["fpr", "tpr"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "roc/best_baseline.csv"), long)
     text = (tmp_path / "report.md").read_text()
     assert "| teacher |" in text and "blur_1" in text and "sex: male" in text

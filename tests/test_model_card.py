@@ -105,7 +105,7 @@ def _reports() -> dict:
         "benchmark": {"models": {
             "student_executorch_int8": {"size_mb": 1.787, "latency_ms": latency, "peak_ram_mb": 1049},
             "student_pytorch": {"size_mb": 6.2, "latency_ms": latency, "peak_ram_mb": 838},
-        }},
+        }, "teacher_over_student": {}},
     }  # fmt: skip
 
 
@@ -141,6 +141,14 @@ def test_card_needs_every_report():
     del reports["benchmark"]
     with pytest.raises(ValueError, match="benchmark"):
         model_card.markdown(POINTS, reports)
+
+
+def test_card_refuses_the_headline_metrics_in_place_of_the_full_reports():
+    for stage, key in (("evaluate", "subgroups"), ("benchmark", "teacher_over_student")):
+        reports = _reports()
+        del reports[stage][key]  # what metrics/<stage>.json keeps lacks it
+        with pytest.raises(ValueError, match=f"plots/{stage}/report.json"):
+            model_card.markdown(POINTS, reports)
 
 
 def test_consistency_check_accepts_evaluates_choices_and_names_a_stale_one():
