@@ -24,7 +24,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline_lib import inference, metrics, models, plotting, runtime
+from pipeline_lib import data, inference, metrics, models, plotting, runtime
 from pipeline_lib.config import BenchmarkParams
 
 
@@ -139,7 +139,7 @@ def peak_ram(path: str | Path, image_size: int) -> dict:
 
 
 def _val_roc_auc(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
-    return metrics.roc_auc(labels, runtime.melanoma_probability(logits, task))
+    return metrics.roc_auc(labels, data.melanoma_probability(logits, task))
 
 
 def benchmark_checkpoint(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -181,3 +182,17 @@ def read_split(split_dir: str | Path, name: str) -> pd.DataFrame:
 def load_split(prepared: str | Path, split_dir: str | Path, name: str) -> Prepared:
     """One split (``train``, ``val`` or ``test``) of the prepared cache, in memory."""
     return select(load_prepared(prepared), read_split(split_dir, name))
+
+
+MELANOMA_INDEX = DX_CODES.index(MELANOMA)
+
+
+def melanoma_probability(logits, task: str, temperature: float = 1.0) -> np.ndarray:
+    """Melanoma probability from logits: sigmoid for ``binary``, softmax p(mel) for ``dx``.
+
+    ``temperature`` divides the logits first (1 = uncalibrated).
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
+    if task == "binary":
+        return torch.sigmoid(z).numpy()
+    return torch.softmax(z, dim=-1)[:, MELANOMA_INDEX].numpy()

@@ -390,7 +390,7 @@ def score_models(
             t = calibration.fit_temperature(
                 z_val, val.table["label" if task == "binary" else "dx_index"], task
             )
-        prob = runtime.melanoma_probability
+        prob = data.melanoma_probability
         scores[role] = Scores(prob(z_val, task), prob(z_test, task))
         scores[f"{role}_calibrated"] = Scores(prob(z_val, task, t), prob(z_test, task, t))
         temperatures[f"{role}_calibrated"] = t

@@ -21,7 +21,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
-from pipeline_lib import artifacts, inference, models
+from pipeline_lib import artifacts, data, inference, models
 
 
 def target_layer(model: models.Classifier, image_size: int) -> nn.Module:
@@ -56,7 +56,7 @@ class _MelanomaLogit:
         self.task = task
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return output if self.task == "binary" else output[models.MELANOMA_INDEX]
+        return output if self.task == "binary" else output[data.MELANOMA_INDEX]
 
 
 def heatmap(

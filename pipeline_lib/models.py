@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,10 +21,9 @@ from timm.models import register_model
 from torch import nn
 
 from pipeline_lib import artifacts
-from pipeline_lib.data import DX_CODES, MELANOMA
+from pipeline_lib.data import DX_CODES
 
 NUM_OUTPUTS = {"binary": 1, "dx": len(DX_CODES)}
-MELANOMA_INDEX = DX_CODES.index(MELANOMA)
 CHECKPOINT_KEYS = ("arch", "task", "global_pool", "drop_rate", "image_size", "state_dict")
 
 
@@ -284,14 +282,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dic
         ) from err
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model.eval(), meta
-
-
-def melanoma_probability(logits, task: str, temperature: float = 1.0) -> np.ndarray:
-    """Melanoma probability from logits: sigmoid for ``binary``, softmax p(mel) for ``dx``."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    if task == "binary":
-        return torch.sigmoid(z).numpy()
-    return torch.softmax(z, dim=-1)[:, MELANOMA_INDEX].numpy()
 
 
 def count_parameters(model: nn.Module) -> int:

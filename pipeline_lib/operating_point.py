@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_lib import artifacts, calibration, runtime
+from pipeline_lib import artifacts, calibration, data
 
 
 class OperatingPointError(ValueError):
@@ -93,8 +93,8 @@ def choose(
     labels = np.asarray(labels).astype(int)
     targets = labels if task == "binary" else np.asarray(dx_index)
     temperature = calibration.fit_temperature(logits, targets, task)
-    raw = runtime.melanoma_probability(logits, task)
-    prob = runtime.melanoma_probability(logits, task, temperature)
+    raw = data.melanoma_probability(logits, task)
+    prob = data.melanoma_probability(logits, task, temperature)
     threshold = metrics.threshold_for_sensitivity(labels, prob, target_sensitivity)
     op = metrics.operating_point(labels, prob, threshold)
     return ModelOperatingPoint(

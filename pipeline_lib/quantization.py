@@ -312,7 +312,7 @@ def onnx_ops_report(path: str | Path) -> dict:
 
 def val_metrics(logits: np.ndarray, labels: np.ndarray, task: str, ece_bins: int) -> dict:
     """Raw (temperature 1) val ROC-AUC and ECE of the melanoma probability."""
-    prob = runtime.melanoma_probability(logits, task)
+    prob = data.melanoma_probability(logits, task)
     return {
         "val_roc_auc": metrics.roc_auc(labels, prob),
         "val_ece": metrics.ece(labels, prob, ece_bins),

@@ -75,7 +75,7 @@ def score_val(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """``model``'s val logits and its headline val metrics (keys prefixed ``val_``)."""
     z = inference.predict_logits(model, val.images, image_size)
-    probs = models.melanoma_probability(z, task)
+    probs = data.melanoma_probability(z, task)
     return z, metrics.summary(val.table["label"].to_numpy(), probs, ece_bins, prefix="val_")
 
 

@@ -4,7 +4,7 @@ checkpoint, an ExecuTorch program (``.pte``) or an ONNX model (``.onnx``).
 ``melanoma-kd predict``, the web page and the quantize, evaluate, benchmark and model_card
 stages all turn images into logits here: uint8 ``(N, 3, H, W)`` images are resized to the
 model's input as in training (:func:`inference.to_input`), run in the file's runtime, and the
-logits become a melanoma probability (:func:`melanoma_probability`).
+logits become a melanoma probability (:func:`pipeline_lib.data.melanoma_probability`).
 
 This module imports the runtimes only: PyTorch, ExecuTorch's runtime bindings and ONNX Runtime.
 The training loop, torchao and the exporters (:mod:`pipeline_lib.quantization`) stay out, so
@@ -29,7 +29,6 @@ from executorch.extension.pybindings import _C as executorch_runtime
 from pipeline_lib import data, inference
 
 PTE_IDENTIFIER = b"ET12"  # flatbuffer file identifier at bytes 4-8 of every .pte
-MELANOMA_INDEX = data.DX_CODES.index(data.MELANOMA)
 NUM_OUTPUTS = {1: "binary", len(data.DX_CODES): "dx"}  # logits per image -> task
 EXPORTED_BATCH = 64  # images per call of an exported model: quantization.MAX_BATCH, its bound
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] (N, 3, S, S) -> logits
@@ -37,14 +36,6 @@ Runner = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] (N, 3, S, S) -> lo
 
 class ModelFileError(RuntimeError):
     """A model file is missing, corrupt or of another kind; the message names it."""
-
-
-def melanoma_probability(logits, task: str, temperature: float = 1.0) -> np.ndarray:
-    """Melanoma probability from logits: sigmoid for ``binary``, softmax p(mel) for ``dx``."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    if task == "binary":
-        return torch.sigmoid(z).numpy()
-    return torch.softmax(z, dim=-1)[:, MELANOMA_INDEX].numpy()
 
 
 def size_mb(path: str | os.PathLike) -> float:
@@ -265,7 +256,7 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         """Melanoma probabilities of uint8 images, the logits divided by ``temperature``."""
-        return melanoma_probability(self.logits(images), self.task, temperature)
+        return data.melanoma_probability(self.logits(images), self.task, temperature)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.probabilities(images)

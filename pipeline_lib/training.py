@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from pipeline_lib import augment, distributed, losses, metrics
 from pipeline_lib.config import AugmentParams, TeacherRuntime, TrainParams
+from pipeline_lib.data import MELANOMA_INDEX, melanoma_probability
 from pipeline_lib.inference import OnnxRuntimeModule, predict_logits, resize
-from pipeline_lib.models import MELANOMA_INDEX, melanoma_probability
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ def main() -> None:
     temperature = calibration.fit_temperature(logits, targets, task, params.max_iter)
 
     labels = val["label"].to_numpy()
-    before = models.melanoma_probability(logits, task)
-    after = models.melanoma_probability(logits, task, temperature)
+    before = data.melanoma_probability(logits, task)
+    after = data.melanoma_probability(logits, task, temperature)
     artifacts.write_json(args.out, {"temperature": temperature, "task": task})
     report = {
         "temperature": temperature,

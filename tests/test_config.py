@@ -96,7 +96,9 @@ def test_teacher_member_overrides_the_shared_section(tmp_path, tree):
 
 def test_unknown_member_and_member_typo_are_named(tmp_path, tree):
     path = _write(tmp_path, tree)
-    with pytest.raises(config.ParamsError, match="no teacher member 'lite9'.*members: lite0, resnet18"):
+    with pytest.raises(
+        config.ParamsError, match="no teacher member 'lite9'.*members: lite0, resnet18"
+    ):
         config.load_member("lite9", path)
     tree["teachers"]["lite0"]["epoch"] = 3
     with pytest.raises(config.ParamsError, match=r"teachers\.lite0\.epoch\b"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline_lib import config, ensemble, inference, models, runs, split, training
+from pipeline_lib import config, data, ensemble, inference, models, runs, split, training
 
 
 def _members(task, n=3):
@@ -26,10 +26,10 @@ def test_ensemble_averages_member_probabilities(task):
     x = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
         z = models.Ensemble(members)(x).numpy()
-        member_p = [models.melanoma_probability(m(x).numpy(), task) for m in members]
+        member_p = [data.melanoma_probability(m(x).numpy(), task) for m in members]
     # The reference: the plain mean of each member's melanoma probability.
     np.testing.assert_allclose(
-        models.melanoma_probability(z, task), np.mean(member_p, 0), rtol=1e-5, atol=1e-6
+        data.melanoma_probability(z, task), np.mean(member_p, 0), rtol=1e-5, atol=1e-6
     )
     if task == "dx":  # and every class's probability is the mean, not only melanoma's
         with torch.no_grad():
@@ -119,11 +119,11 @@ def test_members_trained_apart_make_the_teacher_stage_output(tmp_path, prepared)
     singles = [models.load_checkpoint(p)[0] for p in members.values()]
     # The teacher's val logits are those of the two trained members averaged in probability.
     p = np.mean(
-        [models.melanoma_probability(inference.predict_logits(m, val.images, 32), "binary")
+        [data.melanoma_probability(inference.predict_logits(m, val.images, 32), "binary")
          for m in singles], 0,
     )  # fmt: skip
     saved = np.load(tmp_path / "teacher" / "val_logits.npy")
-    np.testing.assert_allclose(models.melanoma_probability(saved, "binary"), p, atol=1e-5)
+    np.testing.assert_allclose(data.melanoma_probability(saved, "binary"), p, atol=1e-5)
     labels = val.table["label"].to_numpy()
     from sklearn.metrics import roc_auc_score
 

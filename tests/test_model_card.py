@@ -12,6 +12,7 @@ from conftest import REPO
 
 from pipeline_lib import (
     calibration,
+    data,
     evaluation,
     inference,
     metrics,
@@ -192,7 +193,7 @@ def test_stage_on_a_tiny_student(prepared, tmp_path, monkeypatch):
 
     # evaluate.json as the evaluate stage computes its val choices.
     y = val["label"].to_numpy()
-    prob = models.melanoma_probability
+    prob = data.melanoma_probability
     t = calibration.fit_temperature(z_float, y, "binary")
     z_onnx = runtime.Predictor.load(root / "int8.onnx").logits(prepared.images)
     choose = evaluation.choose_thresholds

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_lib import models
+from pipeline_lib import data, models
 
 META = {"global_pool": "avg", "drop_rate": 0.0, "image_size": 32}
 
@@ -88,11 +88,11 @@ def test_pretrained_weights_of_another_architecture_name_both(tmp_path):
 
 
 def test_melanoma_probability_binary_and_dx():
-    assert models.melanoma_probability(np.array([0.0]), "binary")[0] == pytest.approx(0.5)
+    assert data.melanoma_probability(np.array([0.0]), "binary")[0] == pytest.approx(0.5)
     logits = np.zeros((1, 7))
-    logits[0, models.MELANOMA_INDEX] = np.log(7.0)  # p(mel) = 7 / (7 + 6)
-    assert models.melanoma_probability(logits, "dx")[0] == pytest.approx(7 / 13)
-    assert models.melanoma_probability(np.array([2.0]), "binary", 2.0)[0] == pytest.approx(
+    logits[0, data.MELANOMA_INDEX] = np.log(7.0)  # p(mel) = 7 / (7 + 6)
+    assert data.melanoma_probability(logits, "dx")[0] == pytest.approx(7 / 13)
+    assert data.melanoma_probability(np.array([2.0]), "binary", 2.0)[0] == pytest.approx(
         1 / (1 + np.exp(-1.0))
     )
 

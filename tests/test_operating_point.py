@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline_lib import calibration, evaluation, models, operating_point
+from pipeline_lib import calibration, data, evaluation, operating_point
 
 META = {"arch": "dsnet_tiny", "task": "binary", "image_size": 32}
 
@@ -20,7 +20,7 @@ def _val(task: str, n: int = 600, seed: int = 0):
     z = rng.normal(0, 1.5, (n, 7))
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     dx = np.array([rng.choice(7, p=row) for row in p])
-    return (3.0 * z).astype(np.float32), (dx == models.MELANOMA_INDEX).astype(int), dx
+    return (3.0 * z).astype(np.float32), (dx == data.MELANOMA_INDEX).astype(int), dx
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def test_choices_are_the_evaluate_stages(task, model_file):
     op = operating_point.choose(logits, labels, dx, model_file, META | {"task": task}, 32, 0.95, 15)
     t = calibration.fit_temperature(logits, labels if task == "binary" else dx, task)
     assert op.temperature == pytest.approx(t, rel=1e-9)
-    calibrated = models.melanoma_probability(logits, task, t)
-    raw = models.melanoma_probability(logits, task)
+    calibrated = data.melanoma_probability(logits, task, t)
+    raw = data.melanoma_probability(logits, task)
     assert op.threshold == evaluation.choose_thresholds(labels, calibrated, 0.95).sensitivity
     assert op.threshold_raw == evaluation.choose_thresholds(labels, raw, 0.95).sensitivity
     assert op.val_sensitivity >= 0.95

@@ -6,7 +6,7 @@ import torch
 from imported import NEVER, TORCH_EXPORTER, imported_modules, loaded
 from tiny_student import SIZE, build
 
-from pipeline_lib import inference, models, quantization, runtime
+from pipeline_lib import data, inference, models, quantization, runtime
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,11 @@ def test_every_file_loads_with_its_task_and_input_size(paths, prepared, float_lo
     else:  # int8: close to the float student, not equal
         assert np.corrcoef(logits, float_logits)[0, 1] > 0.95
     np.testing.assert_allclose(
-        predictor(prepared.images), runtime.melanoma_probability(logits, "binary"), rtol=1e-12
+        predictor(prepared.images), data.melanoma_probability(logits, "binary"), rtol=1e-12
     )
     np.testing.assert_allclose(
         predictor.probabilities(prepared.images, 2.0),
-        runtime.melanoma_probability(logits / 2.0, "binary"),
+        data.melanoma_probability(logits / 2.0, "binary"),
         rtol=1e-6,
     )
 
@@ -117,18 +117,6 @@ def test_truncated_program_and_unknown_suffix_raise(paths, tmp_path):
     other.write_text("x")
     with pytest.raises(runtime.ModelFileError, match="unsupported"):
         runtime.Predictor.load(other)
-
-
-def test_melanoma_probability_agrees_with_the_model_factory():
-    """models keeps its own copy for the training side; the two must never drift apart."""
-    rng = np.random.default_rng(0)
-    for logits, task in ((rng.normal(size=50), "binary"), (rng.normal(size=(50, 7)), "dx")):
-        for t in (1.0, 1.7):
-            np.testing.assert_array_equal(
-                runtime.melanoma_probability(logits, task, t),
-                models.melanoma_probability(logits, task, t),
-            )
-    assert runtime.MELANOMA_INDEX == models.MELANOMA_INDEX
 
 
 def test_size_mb(tmp_path):

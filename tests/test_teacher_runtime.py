@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_lib import losses, models, training
+from pipeline_lib import data, losses, models, training
 from pipeline_lib.inference import OnnxRuntimeModule
 
 
@@ -66,7 +66,7 @@ def test_distillation_loss_is_the_same_in_every_runtime(runtime, wrapper, rel):
     torch.manual_seed(3)
     zs = student(x)
     with torch.no_grad():
-        p_mel = torch.softmax(teacher(x) / 1.5, -1)[:, models.MELANOMA_INDEX]
+        p_mel = torch.softmax(teacher(x) / 1.5, -1)[:, data.MELANOMA_INDEX]
         zt = torch.log(p_mel) - torch.log1p(-p_mel)
     hard = torch.nn.functional.binary_cross_entropy_with_logits(zs, batch.label.float())
     soft = losses.bernoulli_kd(zs, zt, 2.0)

@@ -5,7 +5,18 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline_lib import augment, config, inference, losses, metrics, models, runs, split, training
+from pipeline_lib import (
+    augment,
+    config,
+    data,
+    inference,
+    losses,
+    metrics,
+    models,
+    runs,
+    split,
+    training,
+)
 
 REPO_PARAMS = REPO / "params.yaml"
 
@@ -82,7 +93,7 @@ def test_oversampling_draws_melanoma_twice_as_often():
 
 def test_binary_logit_of_dx_output():
     logits = torch.randn(5, 7)
-    p = torch.softmax(logits, 1)[:, models.MELANOMA_INDEX]
+    p = torch.softmax(logits, 1)[:, data.MELANOMA_INDEX]
     assert torch.allclose(torch.sigmoid(training.binary_logit(logits, "dx")), p, atol=1e-6)
 
 
@@ -103,7 +114,7 @@ def test_one_epoch_learns_the_synthetic_signal(prepared, synthetic_root):
         "lr",
         "val_ece",
     } <= set(result.history[0])
-    probs = models.melanoma_probability(result.val_logits, "binary")
+    probs = data.melanoma_probability(result.val_logits, "binary")
     assert result.best_metrics["val_roc_auc"] == pytest.approx(
         metrics.roc_auc(table["label"].to_numpy()[test], probs)
     )
@@ -126,7 +137,7 @@ def test_bf16_training_scores_epochs_in_bf16_and_reports_the_chosen_one_in_float
     assert seen[-1] == (False, torch.float32)  # the chosen epoch re-scored in float32
     reference = inference.predict_logits(result.model, prepared.images, 32)
     np.testing.assert_array_equal(result.val_logits, reference)  # float32 re-scoring
-    probs = models.melanoma_probability(reference, "binary")
+    probs = data.melanoma_probability(reference, "binary")
     assert result.best_metrics["val_roc_auc"] == metrics.roc_auc(labels, probs)
     assert result.best_metrics["val_ece"] == pytest.approx(metrics.ece(labels, probs, 15))
 

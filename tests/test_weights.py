@@ -1,5 +1,6 @@
 """ImageNet weights from the packages: conversion checked against the reference implementation."""
 
+import numpy as np
 import pytest
 import torch
 from efficientnet_lite_pytorch import EfficientNet
@@ -95,3 +96,24 @@ def test_resolve_passes_false_and_paths_through(converted):
 def test_a_weights_file_that_does_not_fit_is_refused_naming_the_first_tensor(converted):
     with pytest.raises(models.CheckpointError, match=r"first: 'conv_stem.weight' needs"):
         models.create("resnet18", "binary", pretrained=str(converted / "tf_efficientnet_lite0.pth"))
+
+
+def test_exported_files_carry_the_weights_normalisation(converted, tmp_path):
+    """A phone app feeds [0, 1] pixels: the .onnx and .pte normalise as the Lite weights expect."""
+    from pipeline_lib import quantization, runtime
+
+    torch.manual_seed(0)
+    path = str(converted / "tf_efficientnet_lite0.pth")
+    model = models.create("tf_efficientnet_lite0", "binary", pretrained=path).eval()
+    quantization.write_onnx(model, 64, tmp_path / "lite0.onnx")
+    quantization.write_pte(quantization.export(model, 64), tmp_path / "lite0.pte")
+    images = torch.randint(0, 256, (3, 3, 80, 80), dtype=torch.uint8).numpy()
+    want = runtime.Predictor.from_model(model, "binary", 64).logits(images)
+    for name in ("lite0.onnx", "lite0.pte"):
+        got = runtime.Predictor.load(tmp_path / name).logits(images)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=name)
+    # ImageNet's statistics instead give other logits: the normalisation is really in the file.
+    model.mean.copy_(torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+    model.std.copy_(torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    other = runtime.Predictor.from_model(model, "binary", 64).logits(images)
+    assert np.abs(other - want).max() > 1e-2
