@@ -216,7 +216,7 @@ def load_backbone_weights(model: Classifier, path: str | os.PathLike, arch: str)
     missing = [k for k in own if k not in fitting and k not in head_keys]
     if missing or len(fitting) < 0.5 * len(own):
         first = missing[0] if missing else next(k for k in own if k not in fitting)
-        found = f"shape {tuple(state[first].shape)}" if first in state else "absent"
+        found = f"shape {tuple(state[first].shape)}" if first in state else "no such tensor"
         raise CheckpointError(
             f"weights file {path} does not fit architecture {arch!r}: {len(missing)} of its "
             f"tensors are missing or have another shape; first: {first!r} needs "
