@@ -49,7 +49,9 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Non
     ``dynamo=False`` uses the TorchScript exporter: the default dynamo exporter needs
     ``onnxscript``, which is not installed (docs/profiling.md).
     """
-    with artifacts.atomic_path(path) as tmp:
+    # Exported in float32 even when called under a training loop's bf16 autocast (a
+    # distillation teacher is exported on its first forward, inside the loop).
+    with artifacts.atomic_path(path) as tmp, torch.autocast(example.device.type, enabled=False):
         torch.onnx.export(
             model.eval(), (example.contiguous(),), str(tmp),
             input_names=["images"], output_names=["logits"],

@@ -84,3 +84,16 @@ def test_distillation_moves_to_cpu_once_and_rejects_unknown_runtime():
         training.Distillation(
             _teacher(), "dx", "binary", "bce", 2.0, 0.5, teacher_runtime="tensorrt"
         )
+
+
+def test_onnxruntime_teacher_first_called_under_bf16_autocast_stays_float32():
+    """A bf16 student's loop calls the teacher inside autocast; the export must stay float32."""
+    teacher = _teacher()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = teacher(x)
+    runner = OnnxRuntimeModule(teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = runner(x)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
