@@ -20,13 +20,11 @@ START = "<!-- headline:start -->"
 END = "<!-- headline:end -->"
 
 # Every figure of the table: (metrics file, key path). Adapt here when a metrics file changes.
-# "teacher" is the first of TEACHER_FILES that exists.
-TEACHER_FILES = ("teacher.json", "train_teacher.json")
 Key = tuple[str, tuple[str, ...]]
 MODELS: dict[str, dict[str, Key]] = {
     "teacher": {
-        "arch": ("teacher", ("arch",)),
-        "val_roc_auc": ("teacher", ("val_roc_auc",)),
+        "arch": ("teacher.json", ("arch",)),
+        "val_roc_auc": ("teacher.json", ("val_roc_auc",)),
         "test": ("evaluate.json", ("teacher",)),
         "benchmark": ("benchmark.json", ("models", "teacher_pytorch")),
     },
@@ -88,14 +86,7 @@ class Metrics:
         self._files: dict[str, dict] = {}
 
     def path(self, name: str) -> Path:
-        if name != "teacher":
-            return self.directory / name
-        for candidate in TEACHER_FILES:
-            if (self.directory / candidate).exists():
-                return self.directory / candidate
-        raise HeadlineError(
-            f"no teacher metrics: neither of {', '.join(TEACHER_FILES)} is in {self.directory}"
-        )
+        return self.directory / name
 
     def file(self, name: str) -> dict:
         if name not in self._files:

@@ -19,11 +19,11 @@ def _bench(size_mb: float, latency_1: float) -> dict:
     }
 
 
-def write_metrics(directory: Path, teacher_file: str = "teacher.json", onnx: bool = True) -> Path:
+def write_metrics(directory: Path, onnx: bool = True) -> Path:
     """Small metrics files shaped like the pipeline's, with figures that test the rounding."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {
-        teacher_file: {"arch": "resnet18+lite0", "members": 2, "val_roc_auc": 0.88849},
+        "teacher.json": {"arch": "resnet18+lite0", "members": 2, "val_roc_auc": 0.88849},
         "distill.json": {"arch": "tiny", "val_roc_auc": 0.87751},
         "quantize.json": {"int8_pte": {"val_roc_auc": 0.87254}},
         "baselines.json": {  # forest is the best by val; its test figures are shown
@@ -75,15 +75,12 @@ def test_table_from_synthetic_metrics(tmp_path):
     assert headline.table(write_metrics(tmp_path / "metrics")) == EXPECTED
 
 
-def test_falls_back_to_train_teacher_json_and_skips_a_missing_onnx(tmp_path):
-    metrics = write_metrics(tmp_path / "m", teacher_file="train_teacher.json", onnx=False)
+def test_skips_a_missing_onnx(tmp_path):
+    metrics = write_metrics(tmp_path / "m", onnx=False)
     lines = headline.table(metrics).splitlines()
     assert lines[2].startswith("| teacher `resnet18+lite0` (PyTorch) | 0.888 |")
     assert not any("`.onnx`" in line for line in lines)
     assert len([line for line in lines if line.startswith("| ")]) == 5  # header + 4 rows
-    # teacher.json wins over train_teacher.json when both exist
-    (metrics / "teacher.json").write_text(json.dumps({"arch": "new", "val_roc_auc": 0.5}))
-    assert "| teacher `new` (PyTorch) | 0.500 |" in headline.table(metrics)
 
 
 def test_missing_file_and_key_are_named(tmp_path):
@@ -99,7 +96,7 @@ def test_missing_file_and_key_are_named(tmp_path):
     with pytest.raises(headline.HeadlineError, match=r"benchmark\.json is missing"):
         headline.table(metrics)
     (metrics / "teacher.json").unlink()
-    with pytest.raises(headline.HeadlineError, match="teacher.json, train_teacher.json"):
+    with pytest.raises(headline.HeadlineError, match=r"teacher\.json is missing"):
         headline.table(metrics)
 
 
@@ -142,10 +139,6 @@ def test_bad_markers_are_refused_and_the_file_is_kept(tmp_path, text):
 
 def test_committed_readme_block_matches_the_committed_metrics():
     metrics = REPO / "metrics"
-    if not any((metrics / name).exists() for name in headline.TEACHER_FILES):
-        pytest.skip(
-            "no committed teacher metrics (metrics/teacher.json, metrics/train_teacher.json)"
-        )
     block = headline.block_of((REPO / "README.md").read_text())
     assert block == headline.table(metrics), (
         "README.md's headline block is stale: python -m pipeline_lib.headline --write README.md"
