@@ -45,7 +45,8 @@ def random_affine(n: int, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter of a float ``[0, 1]`` batch."""
+    """Brightness, contrast, saturation and hue jitter of a float ``[0, 1]`` batch, then the
+    exposure and per-channel (white-balance) gains of the student's acquisition augmentation."""
     n = x.shape[0]
 
     def factor(strength: float) -> torch.Tensor:
@@ -64,6 +65,11 @@ def color_jitter(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
         mix = _YIQ2RGB @ rot @ _RGB2YIQ  # (n, 3, 3)
         x = torch.einsum("nij,njhw->nihw", mix, x)
+    # Acquisition shift (the student's): no random draw when off, so the stream is unchanged.
+    if p.exposure > 0:
+        x = x * factor(p.exposure)
+    if p.channel_gain > 0:
+        x = x * _uniform(n * 3, 1 - p.channel_gain, 1 + p.channel_gain, g).view(n, 3, 1, 1)
     return x.clamp_(0.0, 1.0)
 
 

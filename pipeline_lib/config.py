@@ -75,6 +75,18 @@ class AugmentParams:
     contrast: float
     saturation: float
     hue_shift: float
+    # Not keys of `augment`: the student's acquisition augmentation (`student_augment`),
+    # merged in by the stages that train the student (:func:`student_augment`).
+    exposure: float = dataclasses.field(default=0.0, metadata={"params": False})
+    channel_gain: float = dataclasses.field(default=0.0, metadata={"params": False})
+
+
+@dataclass(frozen=True)
+class StudentAugmentParams:
+    """Acquisition shift the student (the phone model) is trained on, beyond `augment`."""
+
+    exposure: float  # each image's intensity times a gain in [1 - exposure, 1 + exposure]
+    channel_gain: float  # each colour channel times its own gain in [1 - g, 1 + g] (white balance)
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,7 @@ def from_dict(cls: type, values: Any, where: str) -> Any:
     if not isinstance(values, dict):
         raise ParamsError(f"params section '{where}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get("params", True)]
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ParamsError(
@@ -279,6 +291,7 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesParams,
     "metrics": MetricsParams,
     "augment": AugmentParams,
+    "student_augment": StudentAugmentParams,
     "train_teacher": TrainParams,
     "teachers": dict,  # member name -> the train_teacher keys it overrides (load_member)
     "calibrate": CalibrateParams,
@@ -289,6 +302,12 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "search": SearchParams,
 }
+
+
+def student_augment(path: str | Path = "params.yaml") -> AugmentParams:
+    """The student's augmentation: `augment` plus the acquisition shift of `student_augment`."""
+    extra = load("student_augment", path)
+    return dataclasses.replace(load("augment", path), **dataclasses.asdict(extra))
 
 
 def read_params(path: str | Path = "params.yaml") -> dict:

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     params = config.load("distill", args.params)
     kd = config.load("kd", args.params)
-    aug = config.load("augment", args.params)
+    aug = config.student_augment(args.params)
     ece_bins = config.load("metrics", args.params).ece_bins
 
     torch.manual_seed(params.seed)

@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     params = config.load("quantize", args.params)
     recipe = config.load("distill", args.params)  # the student's recipe, for QAT
-    aug = config.load("augment", args.params)
+    aug = config.student_augment(args.params)
     bins = config.load("metrics", args.params).ece_bins
 
     train, val = (data.load_split(args.prepared, args.split, name) for name in ("train", "val"))

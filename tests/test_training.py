@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import REPO
 
 from pipeline_lib import (
@@ -72,6 +73,45 @@ def test_identity_augment_keeps_image():
     flips = [ref, ref.flip(-1), ref.flip(-2), ref.flip(-1).flip(-2)]
     for i in range(2):
         assert min(float((out[i] - f[i]).abs().max()) for f in flips) < 1e-5
+
+
+def test_acquisition_gains_match_a_hand_computed_reference_and_are_free_when_off():
+    still = dataclasses.replace(AUG, brightness=0.0, contrast=0.0, saturation=0.0, hue_shift=0.0)
+    x = torch.rand(4, 3, 8, 8) * 0.5
+    g = torch.Generator().manual_seed(3)
+    out = augment.color_jitter(
+        x.clone(), dataclasses.replace(still, exposure=0.4, channel_gain=0.25), g
+    )
+    # The same draws by hand: three unit factors (brightness, contrast, saturation at 0), then
+    # the exposure and the per-channel gains.
+    ref = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        torch.rand(4, generator=ref)
+    exposure = torch.rand(4, generator=ref) * 0.8 + 0.6
+    gains = (torch.rand(12, generator=ref) * 0.5 + 0.75).view(4, 3)
+    torch.testing.assert_close(out, x * exposure.view(4, 1, 1, 1) * gains.view(4, 3, 1, 1))
+    assert exposure.min() < 0.9 and gains.max() > 1.1  # the draw did shift the images
+    # Off (the defaults), no random number is consumed: teachers' streams are unchanged.
+    g_off, g_ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    augment.color_jitter(x.clone(), AUG, g_off)
+    augment.color_jitter(x.clone(), dataclasses.replace(AUG, exposure=0.0), g_ref)
+    assert torch.equal(torch.rand(3, generator=g_off), torch.rand(3, generator=g_ref))
+
+
+def test_student_augment_section_merges_into_the_student_augmentation(tmp_path):
+    params = yaml.safe_load(REPO_PARAMS.read_text())
+    params["student_augment"] = {"exposure": 0.4, "channel_gain": 0.25}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    merged = config.student_augment(path)
+    assert (merged.exposure, merged.channel_gain) == (0.4, 0.25)
+    assert dataclasses.replace(merged, exposure=0.0, channel_gain=0.0) == config.load(
+        "augment", path
+    )
+    params["augment"]["exposure"] = 0.4  # not a key of augment: the student's section has it
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(config.ParamsError, match="augment.exposure"):
+        config.load("augment", path)
 
 
 def test_warmup_cosine_schedule():
