@@ -1,5 +1,5 @@
-"""``melanoma-kd``: score lesion photos with the trained student (``predict``) or on a web page
-(``serve``).
+"""``melanoma-kd``: score lesion photos with the trained student (``predict``), on a web page
+(``serve``), or score a labelled image set from another clinic (``evaluate``).
 
 Both read the pipeline's outputs (``make repro``); the defaults point at this checkout's
 ``data/`` folder, the paths written in ``dvc.yaml``, and each can be overridden by a flag.
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline_lib import operating_point, prediction, runtime
+from pipeline_lib import external, operating_point, prediction, runtime
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {
@@ -30,7 +30,12 @@ DEFAULTS = {
     "onnx": REPO / "data/quantize/student_int8.onnx",
 }
 # Expected, user-facing failures: reported in one line, without a traceback.
-USER_ERRORS = (prediction.InputError, operating_point.OperatingPointError, runtime.ModelFileError)
+USER_ERRORS = (
+    prediction.InputError,
+    operating_point.OperatingPointError,
+    runtime.ModelFileError,
+    external.ExternalSetError,
+)
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +43,10 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
         "--model", choices=prediction.MODEL_NAMES, default="int8",
         help="int8: ExecuTorch .pte (default); int8-onnx: ONNX Runtime; float: PyTorch checkpoint",
     )  # fmt: skip
+    _path_flags(parser)
+
+
+def _path_flags(parser: argparse.ArgumentParser) -> None:
     for name, path in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=Path, default=path, help=f"default: {path}")
@@ -81,6 +90,12 @@ def predict(args: argparse.Namespace) -> int:
         results.append(item)
         if not args.json:
             line = f"{item.image}: p(melanoma) = {item.probability:.3f}  {item.decision}"
+            if item.top_classes:
+                line += (
+                    "  (most likely: "
+                    + ", ".join(f"{c['dx']} {c['probability']:.2f}" for c in item.top_classes)
+                    + ")"
+                )
             if item.explanation:
                 line += f"  (Grad-CAM: {item.explanation})"
             (tqdm.write if progress else print)(line)  # tqdm.write keeps the bar intact
@@ -124,6 +139,19 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    results = external.run(
+        args.images, args.labels, args.out, args.models, _paths(args), args.name,
+        args.bootstrap, args.seed, args.ece_bins, args.max_bad_fraction, args.image_column,
+        threads=torch.get_num_threads(),
+    )  # fmt: skip
+    print((args.out / "report.md").read_text())
+    print(f"report: {args.out}/report.md (figures in report.json, plots beside it)")
+    if results["n_skipped"]:
+        print(f"{results['n_skipped']} image(s) skipped: listed in the report", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="melanoma-kd", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -147,6 +175,42 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
     _model_flags(s)
     s.set_defaults(run=serve)
+    e = commands.add_parser(
+        "evaluate", help="score a labelled image set from elsewhere (another clinic or camera)",
+        description="Score every image of a folder against a CSV of labels with each student's "
+        "temperature and threshold chosen on the HAM10000 validation split (nothing is refitted "
+        "on the set), and write ROC-AUC, PR-AUC, ECE, sensitivity and specificity with bootstrap "
+        "intervals, ROC and reliability plots and an error gallery to OUT.",
+    )  # fmt: skip
+    e.add_argument(
+        "--images", type=Path, required=True, help="folder of images (searched recursively)"
+    )
+    e.add_argument(
+        "--labels", type=Path, required=True,
+        help="CSV: an image column (image, image_id, file, filename or path: a file name, with or "
+        "without suffix, or a path under --images), a 0/1 label (or melanoma) column or a HAM10000 "
+        "dx column, and optionally lesion_id (then the bootstrap resamples lesions)",
+    )  # fmt: skip
+    e.add_argument(
+        "--out", type=Path, required=True, help="report folder (replaced when it exists)"
+    )
+    e.add_argument("--name", help="the set's name in the report (default: the folder's name)")
+    e.add_argument(
+        "--models", nargs="+", choices=prediction.MODEL_NAMES, default=["int8", "int8-onnx"],
+        help="the models to score (default: both int8 exports)",
+    )  # fmt: skip
+    e.add_argument("--image-column", help="the CSV's image column, when not one of the above")
+    e.add_argument(
+        "--max-bad-fraction", type=float, default=0.05,
+        help="missing or unreadable images are skipped and listed; above this fraction, stop",
+    )  # fmt: skip
+    e.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs"
+    )
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--ece-bins", type=int, default=15)
+    _path_flags(e)
+    e.set_defaults(run=evaluate)
     return root
 
 

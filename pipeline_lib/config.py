@@ -253,6 +253,15 @@ class BenchmarkParams:
 
 
 @dataclass(frozen=True)
+class ExternalSetParams:
+    """A labelled image set from elsewhere, scored by an ``external@<name>`` stage."""
+
+    images: str  # folder of images (searched recursively), relative to the repo
+    labels: str  # CSV: image column, 0/1 label or dx code, optional lesion_id
+    max_bad_fraction: float  # missing or unreadable images above this fraction stop the stage
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Holdout report: bootstrap CIs, subgroups and shift robustness."""
 
@@ -294,6 +303,7 @@ SECTIONS: dict[str, type] = {
     "student_augment": StudentAugmentParams,
     "train_teacher": TrainParams,
     "teachers": dict,  # member name -> the train_teacher keys it overrides (load_member)
+    "external": dict,  # set name -> ExternalSetParams (may be empty)
     "calibrate": CalibrateParams,
     "kd": KDParams,
     "distill": TrainParams,
@@ -343,10 +353,27 @@ def load(section: str, path: str | Path = "params.yaml") -> Any:
     parsed = {
         name: from_dict(SECTIONS[name], values, name)
         for name, values in tree.items()
-        if name != "teachers"
+        if name not in ("teachers", "external")
     }
+    parsed["external"] = _external(tree.get("external", {}))
     parsed["teachers"] = _members(tree.get("teachers"), tree.get("train_teacher"))
     return parsed[section]
+
+
+def _external(values: Any) -> dict[str, ExternalSetParams]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ParamsError(
+            f"params section 'external' must map set names to {{images, labels, "
+            f"max_bad_fraction}} (or be {{}}), got {values!r}"
+        )
+    sets = {}
+    for name, entry in values.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise ParamsError(f"external set name {name!r} must be letters, digits, - and _")
+        sets[name] = from_dict(ExternalSetParams, entry, f"external.{name}")
+    return sets
 
 
 def _members(values: Any, defaults: Any) -> dict[str, TrainParams]:

@@ -19,6 +19,15 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 DX_CODES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+DX_NAMES = {  # the HAM10000 diagnoses, for people reading a prediction
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+}
 MELANOMA = "mel"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 METADATA_NAMES = ("metadata.csv", "HAM10000_metadata.csv")
@@ -192,7 +201,22 @@ def melanoma_probability(logits, task: str, temperature: float = 1.0) -> np.ndar
 
     ``temperature`` divides the logits first (1 = uncalibrated).
     """
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
     if task == "binary":
+        z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
         return torch.sigmoid(z).numpy()
-    return torch.softmax(z, dim=-1)[:, MELANOMA_INDEX].numpy()
+    return dx_probabilities(logits, temperature)[:, MELANOMA_INDEX]
+
+
+def dx_probabilities(logits, temperature: float = 1.0) -> np.ndarray:
+    """``(N, 7)`` probabilities of the dx classes (:data:`DX_CODES` order) from dx logits."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
+    return torch.softmax(z, dim=-1).numpy()
+
+
+def top_classes(probabilities: np.ndarray, k: int = 3) -> list[dict]:
+    """The ``k`` most likely diagnoses of one image's dx probabilities, most likely first."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+    return [
+        {"dx": DX_CODES[i], "name": DX_NAMES[DX_CODES[i]], "probability": float(probabilities[i])}
+        for i in order
+    ]

@@ -104,30 +104,36 @@ def _operating(y, p, threshold: float) -> dict[str, float]:
     return metrics.as_dict(metrics.operating_point(y, p, threshold))
 
 
-def evaluate_model(
-    y_val, scores: Scores, y_test, weights: np.ndarray, target_sensitivity: float, n_bins: int
-) -> dict:
-    """Test figures of one model at thresholds chosen on val, with lesion-bootstrap CIs.
+def holdout_figures(y, p, threshold: float, weights: np.ndarray, n_bins: int) -> dict:
+    """ROC-AUC, PR-AUC and ECE with 95% bootstrap intervals, Brier, and sensitivity and
+    specificity (with intervals) at a threshold chosen elsewhere (``at_target_sensitivity``).
 
-    The thresholds stay fixed across resamples: the intervals cover test sampling only.
+    The threshold stays fixed across resamples: the intervals cover sampling of these images
+    only. ``weights`` are the bootstrap's resample weights (:func:`bootstrap.lesion_weights`).
     """
-    thr = choose_thresholds(y_val, scores.val, target_sensitivity)
-    p = scores.test
-    at_sens = _operating(y_test, p, thr.sensitivity)
-    sens, spec = bootstrap.rates(y_test, p >= thr.sensitivity, weights)
+    at_sens = _operating(y, p, threshold)
+    sens, spec = bootstrap.rates(y, p >= threshold, weights)
     at_sens.update(_with_ci("sensitivity", at_sens["sensitivity"], sens))
     at_sens.update(_with_ci("specificity", at_sens["specificity"], spec))
     return {
+        **_with_ci("roc_auc", metrics.roc_auc(y, p), bootstrap.roc_auc(y, p, weights)),
+        **_with_ci("pr_auc", metrics.pr_auc(y, p), bootstrap.pr_auc(y, p, weights)),
+        **_with_ci("ece", metrics.ece(y, p, n_bins), bootstrap.ece(y, p, weights, n_bins)),
+        "brier": metrics.brier(y, p),
+        "at_target_sensitivity": at_sens,
+    }
+
+
+def evaluate_model(
+    y_val, scores: Scores, y_test, weights: np.ndarray, target_sensitivity: float, n_bins: int
+) -> dict:
+    """Test figures of one model at thresholds chosen on val, with lesion-bootstrap CIs."""
+    thr = choose_thresholds(y_val, scores.val, target_sensitivity)
+    return {
         "val_roc_auc": metrics.roc_auc(y_val, scores.val),
         "val_ece": metrics.ece(y_val, scores.val, n_bins),
-        **_with_ci("roc_auc", metrics.roc_auc(y_test, p), bootstrap.roc_auc(y_test, p, weights)),
-        **_with_ci("pr_auc", metrics.pr_auc(y_test, p), bootstrap.pr_auc(y_test, p, weights)),
-        **_with_ci(
-            "ece", metrics.ece(y_test, p, n_bins), bootstrap.ece(y_test, p, weights, n_bins)
-        ),
-        "brier": metrics.brier(y_test, p),
-        "at_target_sensitivity": at_sens,
-        "at_best_f1": _operating(y_test, p, thr.f1),
+        **holdout_figures(y_test, scores.test, thr.sensitivity, weights, n_bins),
+        "at_best_f1": _operating(y_test, scores.test, thr.f1),
     }
 
 

@@ -380,7 +380,34 @@ def _limits(points: dict[str, ModelOperatingPoint], evaluate: dict, worst: list[
     return lines
 
 
-def markdown(points: dict[str, ModelOperatingPoint], reports: dict[str, dict]) -> str:
+def _external(sets: dict[str, str]) -> list[str]:
+    lines = [
+        "## Other clinics and cameras",
+        "",
+        "Every figure above comes from HAM10000 images. Before the model is used elsewhere, score "
+        "a labelled sample of that site's images with the shipped thresholds: `melanoma-kd "
+        "evaluate --images DIR --labels CSV --out REPORT` (nothing is refitted on the sample; "
+        "the report has ROC-AUC, PR-AUC, ECE, sensitivity and specificity with 95% intervals).",
+        "",
+    ]
+    if not sets:
+        return lines + ["No external set is listed under `external:` in params.yaml.", ""]
+    lines.append(
+        "Sets listed under `external:` in params.yaml are scored by the `external@<name>` stages "
+        "with this card's operating points (so after it); their reports:"
+    )
+    lines += [
+        "",
+        *(f"- `{n}` (labels `{lab}`): `plots/external/{n}/report.md`" for n, lab in sets.items()),
+    ]
+    return lines + [""]
+
+
+def markdown(
+    points: dict[str, ModelOperatingPoint],
+    reports: dict[str, dict],
+    external: dict[str, str] | None = None,
+) -> str:
     """The model card.
 
     Args:
@@ -389,6 +416,7 @@ def markdown(points: dict[str, ModelOperatingPoint], reports: dict[str, dict]) -
             for ``evaluate`` and ``benchmark`` the stage's full ``plots/<stage>/report.json``
             (the metrics files keep only the headline figures); for ``split``,
             ``data/split/split_metadata.json``.
+        external: the labels file of each external set listed in params.yaml, by set name.
     """
     _check_reports(reports)
     evaluate = reports["evaluate"]
@@ -407,6 +435,7 @@ def markdown(points: dict[str, ModelOperatingPoint], reports: dict[str, dict]) -
         *_subgroups(evaluate),
         *shift,
         *_limits(points, evaluate, worst),
+        *_external(external or {}),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -462,12 +491,13 @@ def build(
     target_sensitivity: float,
     ece_bins: int,
     threads: int | None = None,
+    external: dict[str, str] | None = None,
 ) -> tuple[dict[str, ModelOperatingPoint], dict[str, dict[str, float]], str]:
     """Everything the model_card stage writes: the points, their summary and the card.
 
     Args:
         val, student, exported, threads: as :func:`choose_points` takes them.
-        reports: as :func:`markdown` takes them.
+        reports, external: as :func:`markdown` takes them.
 
     Raises:
         ConsistencyError: when the points differ from the evaluate stage's choices.
@@ -477,4 +507,4 @@ def build(
     labels = val.table["label"].to_numpy()
     pairs = int(labels.sum()) * int(len(labels) - labels.sum())
     check_against_evaluate(points, reports["evaluate"], pairs)
-    return points, summary(points), markdown(points, reports)
+    return points, summary(points), markdown(points, reports, external)

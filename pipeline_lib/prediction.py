@@ -63,6 +63,8 @@ class Prediction:
     decision: str
     milliseconds: float  # decoding and scoring (a batch's time shared equally), no Grad-CAM
     explanation: str | None = None  # the Grad-CAM PNG written for this photo
+    # A dx model's three most likely diagnoses: {"dx", "name", "probability"} (calibrated).
+    top_classes: list[dict] | None = None
 
 
 def decode(source: str | os.PathLike | bytes, size: int, name: str | None = None) -> np.ndarray:
@@ -168,6 +170,15 @@ class Scorer:
         """Calibrated melanoma probabilities of uint8 images ``(N, 3, S, S)``."""
         return self.predictor.probabilities(images, self.point.temperature)
 
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated melanoma probabilities and, for a dx model, the calibrated ``(N, 7)``
+        probabilities of the HAM10000 diagnoses (``None`` for a binary model)."""
+        logits = self.predictor.logits(images)
+        p = data.melanoma_probability(logits, self.predictor.task, self.point.temperature)
+        if self.predictor.task != "dx":
+            return p, None
+        return p, data.dx_probabilities(logits, self.point.temperature)
+
     def decide(self, probability: float) -> tuple[bool, str]:
         """The decision at the val operating point."""
         suspicious = bool(probability >= self.point.threshold)
@@ -209,9 +220,12 @@ class Scorer:
                 except InputError as err:
                     errors[i] = err
             ok = list(decoded)
-            probs = self.probabilities(np.stack([decoded[i] for i in ok])) if ok else []
+            probs, dx = self.scores(np.stack([decoded[i] for i in ok])) if ok else ([], None)
             ms = 1000 * (time.perf_counter() - began) / max(len(ok), 1)
             by_index = dict(zip(ok, probs, strict=True))
+            top = (
+                {} if dx is None else {i: data.top_classes(q) for i, q in zip(ok, dx, strict=True)}
+            )
             for i in chunk:
                 bar.update(1)
                 if i in errors:
@@ -222,5 +236,5 @@ class Scorer:
                 if explanations is not None:
                     self._gradcam.save_png(self.explain(files[i], decoded[i]), explanations[i])
                     out = str(explanations[i])
-                yield Prediction(str(files[i]), p, *self.decide(p), ms, out)
+                yield Prediction(str(files[i]), p, *self.decide(p), ms, out, top.get(i))
         bar.close()

@@ -16,7 +16,7 @@ from importlib import resources
 from flask import Flask, jsonify, render_template_string, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from pipeline_lib import gradcam, prediction
+from pipeline_lib import data, gradcam, prediction
 
 
 def _error(message: str, status: int):
@@ -58,7 +58,8 @@ def create_app(scorer: prediction.Scorer, max_upload_mb: float = 10.0) -> Flask:
         except prediction.InputError as err:
             return _error(str(err), 400)
         with lock:
-            p = float(scorer.probabilities(image[None])[0])
+            probs, dx = scorer.scores(image[None])
+            p = float(probs[0])
             ms = 1000 * (time.perf_counter() - began)
             heat = scorer.explain(content, image)
         suspicious, decision = scorer.decide(p)
@@ -70,6 +71,7 @@ def create_app(scorer: prediction.Scorer, max_upload_mb: float = 10.0) -> Flask:
             val_specificity=point.val_specificity, target_sensitivity=point.target_sensitivity,
             model=scorer.model, milliseconds=ms, heatmap=f"data:image/png;base64,{png}",
             disclaimer=prediction.DISCLAIMER,
+            top_classes=None if dx is None else data.top_classes(dx[0]),
         )  # fmt: skip
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -41,6 +41,7 @@ def main() -> None:
     points, summary, card = model_card.build(
         val, args.student, exported, reports, mp.target_sensitivity, mp.ece_bins,
         threads=torch.get_num_threads(),  # as many as torch, as the evaluate stage scores them
+        external={n: s.labels for n, s in config.load("external", args.params).items()},
     )  # fmt: skip
     operating_point.write(args.out, points)
     artifacts.write_json(args.metrics, summary)

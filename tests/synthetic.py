@@ -90,3 +90,23 @@ def make_dataset(
         Image.fromarray(img).save(folders[i % len(folders)] / f"{row['image_id']}.jpg", quality=90)
     table.to_csv(meta, index=False)
     return table
+
+
+SHAPES = [(80, 60), (120, 40), (50, 90), (200, 150)]  # width x height: several aspect ratios
+
+
+def write_set(root: Path, n: int = 24, seed: int = 0) -> tuple[Path, Path]:
+    """PNG and BMP files of several sizes in two sub-folders, labelled by dx code, named by stem."""
+    rng = np.random.default_rng(seed)
+    others = [c for c in DX_CODES if c != "mel"]
+    rows = []
+    for i in range(n):
+        melanoma = i % 3 == 0
+        width, height = SHAPES[i % len(SHAPES)]
+        image = Image.fromarray(draw_image(rng, melanoma, width, height))
+        sub, suffix = ("png", ".png") if i % 2 else ("bmp", ".BMP")
+        (root / "images" / sub).mkdir(parents=True, exist_ok=True)
+        image.save(root / "images" / sub / f"case{i:03d}{suffix}")
+        rows.append({"image": f"case{i:03d}", "dx": "mel" if melanoma else others[i % 6]})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root / "images", root / "labels.csv"

@@ -135,6 +135,15 @@ def test_card_has_every_section_with_the_reported_figures():
     reports = _reports()
     reports["distill"]["color_constancy"] = 6
     assert "shades-of-gray colour constancy, p = 6" in model_card.markdown(POINTS, reports)
+    assert "No external set is listed" in card
+
+
+def test_card_lists_each_external_set_with_its_report():
+    card = model_card.markdown(POINTS, _reports(), {"clinic_b": "../b/labels.csv"})
+    section = card[card.index("## Other clinics and cameras") :]
+    assert "`melanoma-kd evaluate --images DIR --labels CSV --out REPORT`" in section
+    assert "- `clinic_b` (labels `../b/labels.csv`): `plots/external/clinic_b/report.md`" in section
+    assert "No external set" not in section
 
 
 def test_card_needs_every_report():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from synthetic import make_dataset
+from synthetic import make_dataset, write_set
 
 BIN = Path(sys.executable).parent
 TINY = {
@@ -154,6 +154,22 @@ def test_search_trials_are_dvc_experiments(project, repro):
     )
     for row in report.itertuples():
         assert row.val_roc_auc == pytest.approx(by_name[row.experiment])
+
+
+def test_an_external_set_listed_in_params_is_scored_by_its_own_stage(project, repro):
+    images, labels = write_set(project.parent / f"{project.name}_clinic", n=12)
+    entry = {"images": images, "labels": labels, "max_bad_fraction": 0.05}
+    sets = [f"+external.clinic_b.{key}={value}" for key, value in entry.items()]
+    out = _run(["dvc", "exp", "run", *(x for s in sets for x in ("-S", s))], project)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Running stage 'external@clinic_b'" in out.stdout
+    assert "Running stage 'distill'" not in out.stdout  # nothing is refitted for a set
+    metrics = json.loads((project / "metrics/external/clinic_b.json").read_text())
+    assert metrics["n_scored"] == 12 and {"int8", "int8-onnx"} <= set(metrics)
+    report = json.loads((project / "plots/external/clinic_b/report.json").read_text())
+    assert metrics["int8"]["roc_auc"] == report["models"]["int8"]["roc_auc"]
+    card = (project / "plots/model_card/model_card.md").read_text()
+    assert "`clinic_b` (labels" in card and "plots/external/clinic_b/report.md" in card
 
 
 def test_a_member_change_retrains_only_that_member(project, repro):

@@ -17,21 +17,25 @@ SIZE = 32
 META = {"arch": "dsnet_tiny", "task": "binary", "global_pool": "avg", "drop_rate": 0.0}
 
 
-def build(root: Path, prepared: data.Prepared, exports: bool = True) -> prediction.ModelPaths:
+def build(
+    root: Path, prepared: data.Prepared, exports: bool = True, task: str = "binary"
+) -> prediction.ModelPaths:
     """Write the checkpoint, both int8 exports and ``operating_point.json`` under ``root``.
 
     The synthetic images stand in for the val split. The weights are random but seeded and the
     head scaled up, so that int8 rounding leaves distinct scores. ``exports=False`` skips the
-    int8 files (slow to lower) for tests that run the float student only.
+    int8 files (slow to lower) for tests that run the float student only. ``task="dx"`` gives
+    a 7-way student.
     """
     torch.manual_seed(0)
-    model = models.create("dsnet_tiny", drop_rate=0.0).eval()
+    meta = META | {"task": task}
+    model = models.create("dsnet_tiny", task, drop_rate=0.0).eval()
     with torch.no_grad():  # untrained logits spread ~0.003; int8 would round them together
         model.backbone.head[-1].weight.mul_(300.0)
     paths = prediction.ModelPaths(
         root / "operating_point.json", root / "model.pt", root / "int8.pte", root / "int8.onnx"
     )
-    models.save_checkpoint(paths.checkpoint, model, META | {"image_size": SIZE})
+    models.save_checkpoint(paths.checkpoint, model, meta | {"image_size": SIZE})
     logits = {"float": inference.predict_logits(model, prepared.images, SIZE)}
     if exports:
         calibration = quantization.calibration_inputs(prepared.images, SIZE, 16, seed=0)
@@ -45,7 +49,7 @@ def build(root: Path, prepared: data.Prepared, exports: bool = True) -> predicti
     cache = prepared.images.shape[-1]
     points = {
         name: operating_point.choose(
-            z, labels, dx, paths.file(name), META | {"image_size": SIZE}, cache, 0.95, 10
+            z, labels, dx, paths.file(name), meta | {"image_size": SIZE}, cache, 0.95, 10
         )
         for name, z in logits.items()
     }
