@@ -45,8 +45,7 @@ def random_affine(n: int, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter of a float ``[0, 1]`` batch, then the
-    exposure and per-channel (white-balance) gains of the student's acquisition augmentation."""
+    """Brightness, contrast, saturation and hue jitter of a float ``[0, 1]`` batch."""
     n = x.shape[0]
 
     def factor(strength: float) -> torch.Tensor:
@@ -65,12 +64,25 @@ def color_jitter(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
         mix = _YIQ2RGB @ rot @ _RGB2YIQ  # (n, 3, 3)
         x = torch.einsum("nij,njhw->nihw", mix, x)
-    # Acquisition shift (the student's): no random draw when off, so the stream is unchanged.
+    return x.clamp_(0.0, 1.0)
+
+
+def shifts_acquisition(p: AugmentParams) -> bool:
+    """Whether :func:`acquisition` changes images (the student's ``student_augment`` is on)."""
+    return p.exposure > 0 or p.channel_gain > 0
+
+
+def acquisition(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
+    """Another camera's exposure and white balance on a float ``[0, 1]`` batch: each image times
+    a gain in ``[1 - exposure, 1 + exposure]``, each of its channels times its own gain in
+    ``[1 - channel_gain, 1 + channel_gain]``. The shift report's perturbations (:mod:`shift`),
+    drawn at random. No random number is drawn for a part that is off."""
+    n = x.shape[0]
     if p.exposure > 0:
-        x = x * factor(p.exposure)
+        x = x * _uniform(n, 1 - p.exposure, 1 + p.exposure, g).view(n, 1, 1, 1)
     if p.channel_gain > 0:
         x = x * _uniform(n * 3, 1 - p.channel_gain, 1 + p.channel_gain, g).view(n, 3, 1, 1)
-    return x.clamp_(0.0, 1.0)
+    return x.clamp(0.0, 1.0)
 
 
 def augment(

@@ -33,18 +33,24 @@ class Batch:
     """Targets of one batch: binary melanoma label and 7-way dx index.
 
     After mixup/cutmix, ``partner`` holds the targets of the images mixed in: the hard loss is
-    ``lam * loss(own) + (1 - lam) * loss(partner)``.
+    ``lam * loss(own) + (1 - lam) * loss(partner)``. With the student's acquisition shift on,
+    ``clean`` holds the images before it: the teacher sees those, so the student learns to say
+    on a shifted photo what the teacher says on the unshifted one.
     """
 
     label: torch.Tensor
     dx: torch.Tensor
     partner: Batch | None = None
     lam: float = 1.0
+    clean: torch.Tensor | None = None
 
     def take(self, rows: torch.Tensor | slice, device: torch.device) -> Batch:
         """The targets of ``rows``, on ``device``."""
         partner = None if self.partner is None else self.partner.take(rows, device)
-        return Batch(self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam)
+        clean = None if self.clean is None else self.clean[rows].to(device, non_blocking=True)
+        return Batch(
+            self.label[rows].to(device), self.dx[rows].to(device), partner, self.lam, clean
+        )
 
 
 def task_target(task: str, batch: Batch) -> torch.Tensor:
@@ -171,8 +177,9 @@ class Distillation(Supervised):
         hard = self.hard(student, batch)
         if self.alpha == 0:
             return {"loss": hard, "hard": hard.detach(), "soft": torch.zeros(())}
+        seen = x if batch.clean is None else batch.clean  # the unshifted images, when shifted
         with torch.no_grad():
-            teacher = self.teacher(self.teacher_view(x)).float() / self.teacher_temperature
+            teacher = self.teacher(self.teacher_view(seen)).float() / self.teacher_temperature
         if self.task == "dx":
             soft = losses.softmax_kd(student, teacher, self.temperature)
         else:
@@ -343,6 +350,9 @@ def fit(
                 batch = dataclasses.replace(
                     batch, partner=batch.take(perm, batch.label.device), lam=lam
                 )
+            if augment.shifts_acquisition(aug):  # the student's camera shift, after any mixing
+                batch = dataclasses.replace(batch, clean=x)
+                x = augment.acquisition(x, aug, g)
             x = x[mine].to(ctx.device, non_blocking=True)
             with autocast:
                 parts = objective(net, x, batch.take(mine, ctx.device))

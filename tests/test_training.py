@@ -76,26 +76,40 @@ def test_identity_augment_keeps_image():
 
 
 def test_acquisition_gains_match_a_hand_computed_reference_and_are_free_when_off():
-    still = dataclasses.replace(AUG, brightness=0.0, contrast=0.0, saturation=0.0, hue_shift=0.0)
     x = torch.rand(4, 3, 8, 8) * 0.5
-    g = torch.Generator().manual_seed(3)
-    out = augment.color_jitter(
-        x.clone(), dataclasses.replace(still, exposure=0.4, channel_gain=0.25), g
-    )
-    # The same draws by hand: three unit factors (brightness, contrast, saturation at 0), then
-    # the exposure and the per-channel gains.
-    ref = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        torch.rand(4, generator=ref)
+    shifted = dataclasses.replace(AUG, exposure=0.4, channel_gain=0.25)
+    out = augment.acquisition(x, shifted, torch.Generator().manual_seed(3))
+    ref = torch.Generator().manual_seed(3)  # the same draws by hand
     exposure = torch.rand(4, generator=ref) * 0.8 + 0.6
     gains = (torch.rand(12, generator=ref) * 0.5 + 0.75).view(4, 3)
     torch.testing.assert_close(out, x * exposure.view(4, 1, 1, 1) * gains.view(4, 3, 1, 1))
     assert exposure.min() < 0.9 and gains.max() > 1.1  # the draw did shift the images
-    # Off (the defaults), no random number is consumed: teachers' streams are unchanged.
+    assert augment.shifts_acquisition(shifted) and not augment.shifts_acquisition(AUG)
+    # Off (the defaults), nothing changes and no random number is consumed.
     g_off, g_ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    augment.color_jitter(x.clone(), AUG, g_off)
-    augment.color_jitter(x.clone(), dataclasses.replace(AUG, exposure=0.0), g_ref)
+    assert torch.equal(augment.acquisition(x, AUG, g_off), x)
     assert torch.equal(torch.rand(3, generator=g_off), torch.rand(3, generator=g_ref))
+
+
+def test_the_teacher_sees_the_unshifted_images_the_student_the_shifted(prepared):
+    """With the acquisition shift on, the soft target is the teacher's view of the clean batch."""
+    torch.manual_seed(0)
+    teacher = models.create("dsnet_tiny").eval()
+    seen = []
+    teacher.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].clone()))
+    objective = training.Distillation(teacher, "binary", "binary", "bce", 2.0, 1.0, 1.0)
+    student = models.create("dsnet_tiny")
+    x = torch.rand(4, 3, 32, 32)
+    shifted = x * 0.6
+    batch = training.Batch(torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([5, 4, 5, 4]))
+    parts = objective(student, shifted, dataclasses.replace(batch, clean=x))
+    assert torch.equal(seen[-1], x)
+    with torch.no_grad():
+        target = teacher(x)
+    expected = losses.bernoulli_kd(student(shifted), target, 2.0)
+    torch.testing.assert_close(parts["soft"], expected.detach())
+    objective(student, shifted, batch)  # without a clean view the teacher sees the same batch
+    assert torch.equal(seen[-1], shifted)
 
 
 def test_student_augment_section_merges_into_the_student_augmentation(tmp_path):
