@@ -1,0 +1,239 @@
+"""The reference studies as one grid of DVC experiments: queue them, run them, tabulate them.
+
+Each row is a named ``dvc exp run`` with its ``-S`` overrides on the committed defaults, so a row
+is reproduced by its name, its overrides and the commit it ran on, and ``dvc exp show`` lists it.
+
+    python -m pipeline_lib.studies list                      # every study and row
+    python -m pipeline_lib.studies queue [--study kd_grid]   # dvc exp run --queue -n <row> -S ...
+    dvc queue start -j 1                                     # one worker: trainings use both cores
+    python -m pipeline_lib.studies report --out plots/studies.md  # a val table per study
+
+Every figure of the report is a validation figure (the test split is scored once per committed
+run, by the evaluate stage). A row that only retrains the student starts ``dvc exp run distill``
+(with its downstream stages when ``--full``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+Overrides = dict[str, object]
+
+SCRATCH_STUDENT: Overrides = {  # a student without ImageNet weights needs a longer schedule
+    "distill.pretrained": False,
+    "distill.epochs": 16,
+    "distill.lr": 3.0e-3,
+    "distill.bf16": False,
+    "distill.patience": 5,
+}
+
+
+@dataclass(frozen=True)
+class Study:
+    """Rows (name -> overrides) that answer one reference project's question."""
+
+    question: str
+    rows: dict[str, Overrides]
+    stage: str = "distill"  # the stage each row targets (its upstream comes from the cache)
+    columns: tuple[str, ...] = field(default=())  # the params shown in the table
+
+
+def _kd_grid() -> dict[str, Overrides]:
+    rows: dict[str, Overrides] = {"kd-alpha0": {"kd.alpha": 0.0}}
+    for t in (1.0, 2.0):
+        for alpha in (0.1, 0.5, 0.7, 0.9):
+            rows[f"kd-T{t:g}-a{alpha:g}"] = {"kd.temperature": t, "kd.alpha": alpha}
+    return rows
+
+
+STUDIES: dict[str, Study] = {
+    "imbalance": Study(
+        "Class imbalance on the student: weighted loss, focal loss, oversampling (default: none)",
+        {
+            "student-posweight8": {"distill.pos_weight": 8.0},
+            "student-focal2": {"distill.loss": "focal", "distill.focal_gamma": 2.0},
+            "student-oversample2": {"distill.oversample_melanoma": 2.0},
+        },
+        columns=("distill.loss", "distill.pos_weight", "distill.oversample_melanoma"),
+    ),
+    "pooling_and_warmup": Study(
+        "Max against average pooling; frozen-backbone warm-up and a slower backbone against full "
+        "fine-tuning",
+        {
+            "student-maxpool": {"distill.global_pool": "max"},
+            "student-freeze1": {"distill.freeze_epochs": 1.0},
+            "student-backbone-lr0.1": {"distill.backbone_lr_scale": 0.1},
+        },
+        columns=("distill.global_pool", "distill.freeze_epochs", "distill.backbone_lr_scale"),
+    ),
+    "kd_grid": Study(
+        "KD temperature x alpha on the full student schedule, and alpha = 0 (no teacher)",
+        _kd_grid(),
+        columns=("kd.temperature", "kd.alpha"),
+    ),
+    "students": Study(
+        "Students from scratch distilled from the default teacher: MobileNetV3-Small, the "
+        "0.26M-parameter DSNet-like student at the DSNet paper's temperatures, MobileNetV2 with "
+        "the EEE4709 report's recipe (T = 50, class-balanced oversampling)",
+        {
+            "student-mnv3": {"distill.arch": "mobilenetv3_small_100", **SCRATCH_STUDENT},
+            **{
+                f"dsnet-T{t}": {
+                    "distill.arch": "dsnet_tiny",
+                    **SCRATCH_STUDENT,
+                    "kd.temperature": t,
+                }
+                for t in (1.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+            },
+            "eee4709-mnv2": {
+                "distill.arch": "mobilenetv2_100",
+                **SCRATCH_STUDENT,
+                "kd.temperature": 50.0,
+                "distill.oversample_melanoma": 8.0,
+            },  # fmt: skip
+        },
+        stage="benchmark",  # quantized and benchmarked like the default student
+        columns=("distill.arch", "kd.temperature", "distill.oversample_melanoma"),
+    ),
+    "robustness": Study(
+        "The student's acquisition augmentation (exposure, white balance) against the shift "
+        "report's strong levels",
+        {
+            "robust-acq": {"student_augment.exposure": 0.4, "student_augment.channel_gain": 0.25},
+            "robust-acq-mild": {
+                "student_augment.exposure": 0.2,
+                "student_augment.channel_gain": 0.1,
+            },
+        },
+        stage="evaluate",  # the shift table is the evaluate stage's
+        columns=("student_augment.exposure", "student_augment.channel_gain"),
+    ),
+}
+METRICS = {  # column of `dvc exp show --csv` -> table header
+    "metrics/distill.json:val_roc_auc": "val ROC-AUC",
+    "metrics/distill.json:val_pr_auc": "val PR-AUC",
+    "metrics/distill.json:val_ece": "val ECE",
+    "metrics/distill.json:best_epoch": "best epoch",
+    "metrics/distill.json:train_seconds": "train (min)",
+    "metrics/quantize.json:int8_pte.val_roc_auc": "int8 val ROC-AUC",
+}
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def command(name: str, study: Study, queue: bool = True) -> list[str]:
+    """The ``dvc exp run`` of one row."""
+    argv = ["dvc", "exp", "run", study.stage, "-n", name]
+    if queue:
+        argv.insert(3, "--queue")
+    for key, value in study.rows[name].items():
+        argv += ["-S", f"{key}={_value(value)}"]
+    return argv
+
+
+def rows(names: list[str] | None = None) -> list[tuple[str, str, Study]]:
+    """(study, row, study definition) for the named studies (all when ``None``)."""
+    unknown = sorted(set(names or []) - set(STUDIES))
+    if unknown:
+        raise SystemExit(f"unknown study {', '.join(unknown)}; known: {', '.join(STUDIES)}")
+    chosen = names or list(STUDIES)
+    return [(s, row, STUDIES[s]) for s in chosen for row in STUDIES[s].rows]
+
+
+def report(table: pd.DataFrame, baseline: str = "workspace") -> str:
+    """Markdown: one table per study of the rows found in ``dvc exp show --csv`` output, each
+    beside the baseline (the committed run)."""
+    named = table.set_index(table["Experiment"].fillna(table["rev"]))
+    lines = []
+    for key, study in STUDIES.items():
+        found = [r for r in study.rows if r in named.index]
+        lines += [f"## {key}", "", study.question, ""]
+        if not found:
+            lines += ["No row has run yet.", ""]
+            continue
+        header = ["experiment", *study.columns, *METRICS.values()]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name in [baseline, *found] if baseline in named.index else found:
+            row = named.loc[name]
+            cells = [f"`{name}`", *(_cell(row, c) for c in study.columns)]
+            for column in METRICS:
+                value = row.get(column)
+                if column.endswith("train_seconds") and _is_number(value):
+                    cells.append(f"{float(value) / 60:.1f}")
+                else:
+                    cells.append(_cell_value(value))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return value == value  # not NaN
+
+
+def _cell_value(value: object) -> str:
+    if not _is_number(value):
+        return "-"
+    number = float(value)  # type: ignore[arg-type]
+    return f"{number:.0f}" if number.is_integer() and abs(number) >= 1 else f"{number:.3f}"
+
+
+def _cell(row: pd.Series, column: str) -> str:
+    value = row.get(column)
+    return "-" if value is None or value != value else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_lib.studies", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("list", "queue"):
+        p = sub.add_parser(name)
+        p.add_argument("--study", action="append", help="one study (repeatable); default all")
+    r = sub.add_parser("report")
+    r.add_argument("--out", type=Path, help="markdown file (default: stdout)")
+    r.add_argument("--csv", type=Path, help="a saved `dvc exp show --csv` (default: run it)")
+    args = parser.parse_args(argv)
+    if args.command in ("list", "queue"):
+        for study, row, definition in rows(args.study):
+            argv_ = command(row, definition, queue=args.command == "queue")
+            print(f"{study:20s} {' '.join(argv_)}")
+            if args.command == "queue":
+                subprocess.run(argv_, check=True)
+        if args.command == "queue":
+            print("queued; run them with: dvc queue start -j 1")
+        return 0
+    text = (
+        args.csv.read_text()
+        if args.csv
+        else subprocess.run(
+            ["dvc", "exp", "show", "--csv"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    markdown = report(pd.read_csv(io.StringIO(text)))
+    if args.out:
+        from pipeline_lib import artifacts
+
+        with artifacts.atomic_path(args.out) as tmp:
+            tmp.write_text(markdown)
+    else:
+        print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
