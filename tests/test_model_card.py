@@ -172,6 +172,18 @@ def test_consistency_check_accepts_evaluates_choices_and_names_a_stale_one():
     assert "float temperature" in str(err.value) and "int8 raw threshold" in str(err.value)
 
 
+def test_consistency_check_compares_the_float_students_calibrated_roc_auc():
+    """A dx student's temperature reorders p(mel): its point's ROC-AUC is the calibrated one."""
+    reports = _reports()
+    ev = copy.deepcopy(reports["evaluate"])
+    ev["student_calibrated"]["val_roc_auc"] = POINTS["float"].val_roc_auc
+    ev["student"]["val_roc_auc"] = POINTS["float"].val_roc_auc + 1e-4  # raw, of another ranking
+    model_card.check_against_evaluate(POINTS, ev)
+    ev["student_calibrated"]["val_roc_auc"] += 1e-4
+    with pytest.raises(model_card.ConsistencyError, match="float val ROC-AUC"):
+        model_card.check_against_evaluate(POINTS, ev)
+
+
 def _stage():
     spec = importlib.util.spec_from_file_location("model_card_stage", REPO / "stages/model_card.py")
     module = importlib.util.module_from_spec(spec)
