@@ -132,11 +132,18 @@ def _value(v: object) -> str:
     return str(v)
 
 
-def command(name: str, study: Study, queue: bool = True) -> list[str]:
-    """The ``dvc exp run`` of one row."""
+def command(name: str, study: Study, queue: bool = True, data_root: str | None = None) -> list[str]:
+    """The ``dvc exp run`` of one row.
+
+    Args:
+        data_root: ``data.root`` made absolute for a queued run, which runs in a copy of the
+            repository under ``.dvc/tmp/exps`` where the relative default does not resolve.
+    """
     argv = ["dvc", "exp", "run", study.stage, "-n", name]
     if queue:
         argv.insert(3, "--queue")
+        if data_root:
+            argv += ["-S", f"data.root={data_root}"]
     for key, value in study.rows[name].items():
         argv += ["-S", f"{key}={_value(value)}"]
     return argv
@@ -209,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--csv", type=Path, help="a saved `dvc exp show --csv` (default: run it)")
     args = parser.parse_args(argv)
     if args.command in ("list", "queue"):
+        from pipeline_lib import config
+
+        root = str(Path(config.load("data").root).resolve())
         for study, row, definition in rows(args.study):
-            argv_ = command(row, definition, queue=args.command == "queue")
+            argv_ = command(row, definition, args.command == "queue", root)
             print(f"{study:20s} {' '.join(argv_)}")
             if args.command == "queue":
                 subprocess.run(argv_, check=True)

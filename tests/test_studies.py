@@ -44,6 +44,9 @@ def test_command_is_the_documented_dvc_exp_run():
     assert run[:6] == ["dvc", "exp", "run", "benchmark", "-n", "student-mnv3"]
     assert "distill.pretrained=false" in run and "distill.arch=mobilenetv3_small_100" in run
     assert len(studies.STUDIES["kd_grid"].rows) == 9  # T in {1, 2} x 4 alphas, plus alpha = 0
+    queued = studies.command("kd-alpha0", study, data_root="/abs/ham")
+    at = queued.index("data.root=/abs/ham")  # a queued copy cannot resolve ../shared
+    assert queued[at - 1] == "-S" and queued[3] == "--queue"
 
 
 def test_report_tables_each_study_beside_the_committed_run():
