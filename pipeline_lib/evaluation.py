@@ -31,6 +31,7 @@ class Scores:
 
     val: np.ndarray
     test: np.ndarray
+    dx_test: np.ndarray | None = None  # a dx model's (N, 7) test probabilities, uncalibrated
 
 
 @dataclass(frozen=True)
@@ -397,14 +398,20 @@ def score_models(
                 z_val, val.table["label" if task == "binary" else "dx_index"], task
             )
         prob = data.melanoma_probability
-        scores[role] = Scores(prob(z_val, task), prob(z_test, task))
+        dx = data.dx_probabilities(z_test) if task == "dx" else None
+        scores[role] = Scores(prob(z_val, task), prob(z_test, task), dx)
         scores[f"{role}_calibrated"] = Scores(prob(z_val, task, t), prob(z_test, task, t))
         temperatures[f"{role}_calibrated"] = t
         if role == "student":
             predictors["student"] = predictor  # shift robustness scores it again
     for name, path in exported.items():
-        predictors[name] = runtime.Predictor.load(path, threads)
-        scores[name] = Scores(predictors[name](val.images), predictors[name](test.images))
+        predictor = predictors[name] = runtime.Predictor.load(path, threads)
+        z_val, z_test = predictor.logits(val.images), predictor.logits(test.images)
+        task = predictor.task
+        dx = data.dx_probabilities(z_test) if task == "dx" else None
+        scores[name] = Scores(
+            data.melanoma_probability(z_val, task), data.melanoma_probability(z_test, task), dx
+        )
     return scores, predictors, temperatures
 
 
@@ -445,4 +452,9 @@ def evaluate_stage(
         test.images, test.table["label"].to_numpy(), params.seed,
     )  # fmt: skip
     results["shift"] = shift.as_metrics(table)
+    results["diagnosis"] = {  # the 7-way figures of every dx model, on test
+        name: metrics.dx_figures(test.table["dx"], s.dx_test)
+        for name, s in scores.items()
+        if s.dx_test is not None
+    }
     return results, table

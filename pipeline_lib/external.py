@@ -242,30 +242,6 @@ def score(ext: ExternalSet, scorers: dict[str, prediction.Scorer]) -> dict[str, 
     return out
 
 
-def _dx_figures(dx_true: pd.Series, probs: np.ndarray) -> dict:
-    """7x7 confusion (rows true, columns predicted), per-class one-vs-rest ROC-AUC, accuracy."""
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
-
-    y = dx_true.map({c: i for i, c in enumerate(data.DX_CODES)}).to_numpy()
-    pred = probs.argmax(1)
-    per_class = {}
-    for i, code in enumerate(data.DX_CODES):
-        positives = int((y == i).sum())
-        per_class[code] = {
-            "n": positives,
-            "roc_auc": float(roc_auc_score(y == i, probs[:, i]))
-            if 0 < positives < len(y)
-            else None,  # undefined without both classes
-        }
-    return {
-        "classes": list(data.DX_CODES),
-        "confusion": confusion_matrix(y, pred, labels=range(len(data.DX_CODES))).tolist(),
-        "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "per_class": per_class,
-    }
-
-
 def evaluate(
     ext: ExternalSet, scored: dict[str, Scored], n_bootstrap: int, seed: int, n_bins: int
 ) -> dict:
@@ -275,7 +251,7 @@ def evaluate(
     give a ``lesion_id``, images otherwise), Brier, and sensitivity and specificity at the
     val threshold with intervals; for a dx model with dx labels, the 7-way figures too.
     """
-    from pipeline_lib import bootstrap, evaluation
+    from pipeline_lib import bootstrap, evaluation, metrics
 
     y = ext.table["label"].to_numpy()
     weights = bootstrap.lesion_weights(
@@ -299,7 +275,7 @@ def evaluate(
             "file": s.point["file"],
         }
         if s.dx is not None and ext.has_dx:
-            models[name]["dx"] = _dx_figures(ext.table["dx"], s.dx)
+            models[name]["dx"] = metrics.dx_figures(ext.table["dx"], s.dx)
     return {
         "n_listed": ext.n_listed,
         "n_scored": len(y),
@@ -315,7 +291,7 @@ def evaluate(
 def markdown(results: dict, name: str) -> str:
     """The report of one external set as markdown: per model, the external figures beside the
     model's val figures, and the 7-way figures of dx models."""
-    from pipeline_lib import formatting
+    from pipeline_lib import formatting, report
 
     ci = formatting.with_ci
     r = results
@@ -347,20 +323,7 @@ def markdown(results: dict, name: str) -> str:
     for model, m in r["models"].items():
         if "dx" not in m:
             continue
-        d = m["dx"]
-        lines += [
-            "",
-            f"7-way diagnosis of `{model}`: accuracy {d['accuracy']:.3f}, balanced accuracy "
-            f"{d['balanced_accuracy']:.3f}. Confusion (rows: true dx, columns: most likely dx) "
-            "and one-vs-rest ROC-AUC:",
-            "",
-        ]
-        rows = [
-            [code, *map(str, counts), str(d["per_class"][code]["n"]),
-             formatting.number(d["per_class"][code]["roc_auc"])]
-            for code, counts in zip(d["classes"], d["confusion"], strict=True)
-        ]  # fmt: skip
-        lines += formatting.table(["true \\ predicted", *d["classes"], "images", "ROC-AUC"], rows)
+        lines += ["", *report.dx_table(m["dx"], model)]
     if r["skipped"]:
         lines += ["", "Skipped images:", ""]
         lines += [f"- `{s['image']}`: {s['reason']}" for s in r["skipped"][:20]]

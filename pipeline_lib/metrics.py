@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
 
 
 def _as_arrays(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
@@ -173,3 +179,30 @@ def logit(p: np.ndarray) -> np.ndarray:
     """``log p / (1 - p)`` of a classifier's probabilities, clipped to +-13.8 at 0 and 1."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
+
+
+def dx_figures(dx_true, probs: np.ndarray) -> dict:
+    """The 7-way diagnosis figures of ``(N, 7)`` dx probabilities against HAM10000 dx codes:
+    the confusion matrix of the most likely class (rows true, columns predicted, in
+    ``DX_CODES`` order), accuracy, balanced accuracy, and each class's one-vs-rest ROC-AUC
+    (``None`` where the class is absent or alone)."""
+    from pipeline_lib.data import DX_CODES  # here: data imports torch, this module need not
+
+    y = np.array([DX_CODES.index(c) for c in dx_true])
+    probs = np.asarray(probs)
+    pred = probs.argmax(1)
+    per_class = {}
+    for i, code in enumerate(DX_CODES):
+        positives = int((y == i).sum())
+        defined = 0 < positives < len(y)
+        per_class[code] = {
+            "n": positives,
+            "roc_auc": roc_auc(y == i, probs[:, i]) if defined else None,
+        }
+    return {
+        "classes": list(DX_CODES),
+        "confusion": confusion_matrix(y, pred, labels=range(len(DX_CODES))).tolist(),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "per_class": per_class,
+    }

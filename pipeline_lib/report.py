@@ -149,6 +149,22 @@ def shift_plot(table: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
+def dx_table(d: dict, model: str) -> list[str]:
+    """Markdown lines of one model's 7-way figures (:func:`metrics.dx_figures`)."""
+    lines = [
+        f"7-way diagnosis of `{model}`: accuracy {d['accuracy']:.3f}, balanced accuracy "
+        f"{d['balanced_accuracy']:.3f}. Confusion (rows: true dx, columns: most likely dx) and "
+        "one-vs-rest ROC-AUC:",
+        "",
+    ]
+    rows = [
+        [code, *map(str, counts), str(d["per_class"][code]["n"]),
+         formatting.number(d["per_class"][code]["roc_auc"])]
+        for code, counts in zip(d["classes"], d["confusion"], strict=True)
+    ]  # fmt: skip
+    return lines + formatting.table(["true \\ predicted", *d["classes"], "images", "ROC-AUC"], rows)
+
+
 def markdown(results: dict, model_names: list[str], target_sensitivity: float) -> str:
     """A markdown summary of ``evaluate.json`` for the README (test split throughout)."""
     lines = [
@@ -192,6 +208,8 @@ def markdown(results: dict, model_names: list[str], target_sensitivity: float) -
                  str(g["n_melanoma"]), *map(formatting.number, aucs)]
             )  # fmt: skip
     lines += formatting.table(["group", "images", "melanomas", *groups], rows)
+    for name, d in results.get("diagnosis", {}).items():
+        lines += ["", *dx_table(d, name)]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline_lib import metrics
+from pipeline_lib import data, metrics
 
 
 @pytest.fixture()
@@ -112,3 +112,21 @@ def test_logit_inverts_the_sigmoid_and_clips_certainty():
     np.testing.assert_allclose(metrics.logit(p), np.log(p / (1 - p)))
     np.testing.assert_allclose(1 / (1 + np.exp(-metrics.logit(p))), p)
     assert metrics.logit(np.array([0.0, 1.0])) == pytest.approx([-13.8155, 13.8155], abs=1e-3)
+
+
+def test_dx_figures_match_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    codes = np.array(data.DX_CODES)[rng.integers(0, 6, 200)]  # no vasc: its AUC is undefined
+    probs = rng.dirichlet(np.ones(7), 200)
+    y = np.array([data.DX_CODES.index(c) for c in codes])
+    probs[np.arange(100), y[:100]] += 1.0  # half the images lean to their true class
+    probs /= probs.sum(1, keepdims=True)
+    d = metrics.dx_figures(codes, probs)
+    assert d["confusion"] == confusion_matrix(y, probs.argmax(1), labels=range(7)).tolist()
+    assert d["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+    assert d["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
+    for i, code in enumerate(data.DX_CODES[:6]):
+        assert d["per_class"][code]["roc_auc"] == pytest.approx(roc_auc_score(y == i, probs[:, i]))
+    assert d["per_class"]["vasc"] == {"n": 0, "roc_auc": None}

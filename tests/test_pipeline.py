@@ -99,6 +99,9 @@ def test_repro_writes_every_metrics_file(project, repro):
     for name in stages:
         if name not in ("split", "train_teacher", "external"):  # external: no set by default
             assert (project / "metrics" / f"{name}.json").is_file(), name
+    report = json.loads((project / "plots/evaluate/report.json").read_text())
+    assert {"teacher", "student", "student_int8"} <= set(report["diagnosis"])  # dx models
+    assert "7-way diagnosis of `student_int8`" in (project / "plots/evaluate/report.md").read_text()
     split = json.loads((project / "data/split/split_metadata.json").read_text())
     assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
 
