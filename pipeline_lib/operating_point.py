@@ -55,6 +55,9 @@ class ModelOperatingPoint:
     val_ece_raw: float
     n_val: int
     n_val_melanoma: int
+    # Of the uncalibrated probabilities, as the evaluate stage reports it: a dx model's
+    # temperature reorders p(mel), so it can differ from val_roc_auc. None in older files.
+    val_roc_auc_raw: float | None = None
 
 
 def md5(path: str | Path) -> str:
@@ -115,6 +118,7 @@ def choose(
         val_ece_raw=metrics.ece(labels, raw, ece_bins),
         n_val=len(labels),
         n_val_melanoma=int(labels.sum()),
+        val_roc_auc_raw=metrics.roc_auc(labels, raw),
     )
 
 

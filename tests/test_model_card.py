@@ -1,6 +1,7 @@
 """The model card from small fake reports, its consistency check, and the stage on a tiny student."""
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -172,16 +173,18 @@ def test_consistency_check_accepts_evaluates_choices_and_names_a_stale_one():
     assert "float temperature" in str(err.value) and "int8 raw threshold" in str(err.value)
 
 
-def test_consistency_check_compares_the_float_students_calibrated_roc_auc():
-    """A dx student's temperature reorders p(mel): its point's ROC-AUC is the calibrated one."""
-    reports = _reports()
-    ev = copy.deepcopy(reports["evaluate"])
-    ev["student_calibrated"]["val_roc_auc"] = POINTS["float"].val_roc_auc
-    ev["student"]["val_roc_auc"] = POINTS["float"].val_roc_auc + 1e-4  # raw, of another ranking
-    model_card.check_against_evaluate(POINTS, ev)
-    ev["student_calibrated"]["val_roc_auc"] += 1e-4
+def test_consistency_check_compares_uncalibrated_roc_auc():
+    """A dx model's temperature reorders p(mel): the evaluate stage's val ROC-AUC is of the raw
+    probabilities, and so is the one the check compares."""
+    points = {
+        n: dataclasses.replace(p, val_roc_auc_raw=p.val_roc_auc + 0.01) for n, p in POINTS.items()
+    }
+    ev = copy.deepcopy(_reports()["evaluate"])
     with pytest.raises(model_card.ConsistencyError, match="float val ROC-AUC"):
-        model_card.check_against_evaluate(POINTS, ev)
+        model_card.check_against_evaluate(points, ev)
+    for name, key in (("float", "student"), ("int8", "student_int8")):
+        ev[key]["val_roc_auc"] = points[name].val_roc_auc_raw
+    model_card.check_against_evaluate(points, ev)
 
 
 def _stage():
