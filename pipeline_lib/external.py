@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline_lib import data, prediction
+from pipeline_lib.operating_point import ModelOperatingPoint
 
 IMAGE_COLUMNS = ("image", "image_id", "file", "filename", "path")
 LABEL_COLUMNS = ("label", "melanoma")
@@ -191,7 +192,7 @@ def load(
     table = read_labels(labels_csv, image_column)
     grouped = table.attrs["grouped_by"]
     index = index_folder(images_dir)
-    decoded, keep, skipped = [], [], []
+    decoded, keep, files, skipped = [], [], [], []
     bar = tqdm(table["image"], desc="decode", unit="img", disable=not progress)
     for i, name in enumerate(bar):
         where = resolve(name, index)
@@ -204,6 +205,7 @@ def load(
             skipped.append({"image": name, "reason": str(err)})
             continue
         keep.append(i)
+        files.append(str(where))
     if len(skipped) > max_bad_fraction * len(table):
         listed = "; ".join(f"{s['image']}: {s['reason']}" for s in skipped[:5])
         raise ExternalSetError(
@@ -211,7 +213,7 @@ def load(
             f"under {images_dir} (more than the allowed fraction {max_bad_fraction:g}): {listed}"
         )
     kept = table.iloc[keep].reset_index(drop=True)
-    kept.insert(1, "file", [str(resolve(n, index)) for n in kept["image"]])
+    kept.insert(1, "file", files)
     for value, what in ((0, "benign (label 0)"), (1, "melanoma (label 1, dx 'mel')")):
         if not (kept["label"] == value).any():
             raise ExternalSetError(
@@ -226,19 +228,21 @@ class Scored:
     """One model's calibrated scores of an external set and its val operating point."""
 
     probabilities: np.ndarray  # melanoma, calibrated with the val temperature
-    threshold: float  # chosen on val for the target sensitivity
-    point: dict  # the model's operating point (val figures, temperature, file)
+    point: ModelOperatingPoint  # the val temperature, threshold and figures
     dx: np.ndarray | None = None  # (N, 7) calibrated dx probabilities of a dx model
+
+    @property
+    def threshold(self) -> float:
+        """Chosen on val for the target sensitivity."""
+        return self.point.threshold
 
 
 def score(ext: ExternalSet, scorers: dict[str, prediction.Scorer]) -> dict[str, Scored]:
     """Every model's scores of the set, with the temperature and threshold chosen on val."""
-    from dataclasses import asdict
-
     out = {}
     for name, scorer in scorers.items():
         p, dx = scorer.scores(ext.images)
-        out[name] = Scored(p, scorer.point.threshold, asdict(scorer.point), dx)
+        out[name] = Scored(p, scorer.point, dx)
     return out
 
 
@@ -262,7 +266,7 @@ def evaluate(
         models[name] = {
             **evaluation.holdout_figures(y, s.probabilities, s.threshold, weights, n_bins),
             "val": {
-                k: s.point[k]
+                k: getattr(s.point, k)
                 for k in (
                     "val_roc_auc",
                     "val_sensitivity",
@@ -272,7 +276,7 @@ def evaluate(
                     "target_sensitivity",
                 )
             },  # fmt: skip
-            "file": s.point["file"],
+            "file": s.point.file,
         }
         if s.dx is not None and ext.has_dx:
             models[name]["dx"] = metrics.dx_figures(ext.table["dx"], s.dx)

@@ -168,7 +168,7 @@ class Scorer:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated melanoma probabilities of uint8 images ``(N, 3, S, S)``."""
-        return self.predictor.probabilities(images, self.point.temperature)
+        return self.scores(images)[0]
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated melanoma probabilities and, for a dx model, the calibrated ``(N, 7)``
