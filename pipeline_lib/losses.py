@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from pipeline_lib.data import DX_CODES, MELANOMA_INDEX
+
 
 def weighted_bce(
     logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0, **_
@@ -22,21 +24,42 @@ def weighted_bce(
     return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
 
 
-def focal(
-    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, pos_weight: float = 1.0, **_
-) -> torch.Tensor:
-    """Binary focal loss ``-w (1 - p_t)^gamma log p_t`` (Lin et al., 2017), positives weighted."""
+def _binary_focal(logits, target, gamma, pos_weight):
     target = target.to(logits.dtype)
-    log_p = F.logsigmoid(logits)
-    log_not_p = F.logsigmoid(-logits)
-    log_pt = target * log_p + (1 - target) * log_not_p
+    log_pt = target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)
     weight = target * pos_weight + (1 - target)
     return -(weight * (1 - log_pt.exp()).pow(gamma) * log_pt).mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, **_) -> torch.Tensor:
-    """Plain softmax cross-entropy over the 7 dx classes."""
-    return F.cross_entropy(logits, target.long())
+def class_weights(pos_weight: float, like: torch.Tensor) -> torch.Tensor:
+    """Per-class weights of the dx losses: ``pos_weight`` for melanoma, 1 for the others."""
+    weight = torch.ones(len(DX_CODES), dtype=like.dtype, device=like.device)
+    weight[MELANOMA_INDEX] = pos_weight
+    return weight
+
+
+def focal(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, pos_weight: float = 1.0, **_
+) -> torch.Tensor:
+    """Focal loss ``-w (1 - p_t)^gamma log p_t`` (Lin et al., 2017), melanoma weighted by
+    ``pos_weight``: binary (sigmoid) for ``(N,)`` logits, softmax over the dx classes for
+    ``(N, 7)``. The dx form is a plain mean over the batch, like the binary one."""
+    if logits.ndim == 1:
+        return _binary_focal(logits, target, gamma, pos_weight)
+    target = target.long()
+    log_pt = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
+    weight = class_weights(pos_weight, logits)[target]
+    return -(weight * (1 - log_pt.exp()).pow(gamma) * log_pt).mean()
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0, **_
+) -> torch.Tensor:
+    """Softmax cross-entropy over the 7 dx classes, melanoma weighted by ``pos_weight``
+    (PyTorch's weighted mean: the weighted sum over the batch divided by the sum of weights)."""
+    if pos_weight == 1.0:
+        return F.cross_entropy(logits, target.long())
+    return F.cross_entropy(logits, target.long(), weight=class_weights(pos_weight, logits))
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -44,7 +67,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "focal": focal,
     "ce": cross_entropy,
 }
-LOSS_TASK = {"bce": "binary", "focal": "binary", "ce": "dx"}
+LOSS_TASKS = {"bce": ("binary",), "focal": ("binary", "dx"), "ce": ("dx",)}
 
 
 def bernoulli_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

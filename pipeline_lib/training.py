@@ -74,9 +74,10 @@ class Supervised:
     """Hard-label objective: ``{"loss": hard, "hard": hard, "soft": 0}``."""
 
     def __init__(self, task: str, loss: str, pos_weight: float = 1.0, focal_gamma: float = 2.0):
-        if losses.LOSS_TASK[loss] != task:
+        if task not in losses.LOSS_TASKS[loss]:
             raise ValueError(
-                f"loss {loss!r} is for the {losses.LOSS_TASK[loss]} task, not {task!r}"
+                f"loss {loss!r} is for the {' or '.join(losses.LOSS_TASKS[loss])} task, "
+                f"not {task!r}"
             )
         self.task = task
         self.loss_fn = losses.LOSSES[loss]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline_lib import losses
+from pipeline_lib.data import MELANOMA_INDEX
 
 
 def test_weighted_bce_hand_value():
@@ -73,3 +74,43 @@ def test_kd_gradient_flows_to_student_only():
     teacher = torch.tensor([1.5], requires_grad=True)
     losses.bernoulli_kd(student, teacher.detach(), 2.0).backward()
     assert student.grad is not None and teacher.grad is None
+
+
+def test_weighted_cross_entropy_against_hand_computation():
+    """Melanoma weighted 8: PyTorch's weighted mean, sum(w_i * l_i) / sum(w_i), by hand."""
+    logits = torch.tensor(
+        [[0.2, -1.0, 0.5, 0.0, 1.5, 2.0, -0.3], [1.0, 0.0, 0.0, 0.0, -1.0, 0.5, 0.0]]
+    )
+    target = torch.tensor([MELANOMA_INDEX, 5])
+    nll = [-torch.log_softmax(logits[i], 0)[target[i]].item() for i in range(2)]
+    expected = (8.0 * nll[0] + 1.0 * nll[1]) / 9.0
+    assert losses.cross_entropy(logits, target, pos_weight=8.0).item() == pytest.approx(expected)
+    unweighted = losses.cross_entropy(logits, target).item()
+    assert unweighted == pytest.approx(sum(nll) / 2)
+
+
+def test_dx_focal_against_hand_computation():
+    logits = torch.tensor(
+        [[0.2, -1.0, 0.5, 0.0, 1.5, 2.0, -0.3], [1.0, 0.0, 0.0, 0.0, -1.0, 0.5, 0.0]]
+    )
+    target = torch.tensor([MELANOMA_INDEX, 0])
+    expected = 0.0
+    for i, w in ((0, 4.0), (1, 1.0)):
+        p = torch.softmax(logits[i], 0)[target[i]].item()
+        expected += -w * (1 - p) ** 2 * math.log(p)
+    got = losses.focal(logits, target, gamma=2.0, pos_weight=4.0).item()
+    assert got == pytest.approx(expected / 2)
+    # gamma = 0 and no weight: plain cross-entropy
+    assert losses.focal(logits, target, gamma=0.0).item() == pytest.approx(
+        losses.cross_entropy(logits, target).item()
+    )
+
+
+def test_loss_task_pairs():
+    """focal serves both tasks; bce only binary, ce only dx."""
+    from pipeline_lib.training import Supervised
+
+    Supervised("dx", "focal")
+    Supervised("binary", "focal")
+    with pytest.raises(ValueError, match="'bce' is for the binary task, not 'dx'"):
+        Supervised("dx", "bce")
