@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import cohen_kappa_score
 
 from pipeline_lib import bootstrap, calibration, data, metrics, runtime, shift
 from pipeline_lib.config import EvaluateParams, MetricsParams
@@ -173,6 +174,21 @@ def agreement(y, pred_a, pred_b, a: str = "a", b: str = "b") -> dict[str, int]:
     }
 
 
+def probability_agreement(p_a, p_b, pred_a, pred_b) -> dict[str, float]:
+    """How closely two models' melanoma probabilities follow each other (the reference
+    repository's teacher-against-student scatter, in numbers): Spearman rank correlation,
+    Pearson correlation of the logits, mean absolute difference of the probabilities, and
+    Cohen's kappa of the decisions (agreement beyond chance)."""
+    p_a, p_b = np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)
+    z_a, z_b = metrics.logit(p_a), metrics.logit(p_b)
+    return {
+        "spearman": float(pd.Series(p_a).corr(pd.Series(p_b), method="spearman")),
+        "pearson_logit": float(np.corrcoef(z_a, z_b)[0, 1]),
+        "mean_abs_difference": float(np.mean(np.abs(p_a - p_b))),
+        "cohen_kappa": float(cohen_kappa_score(np.asarray(pred_a), np.asarray(pred_b))),
+    }
+
+
 def age_band(age: pd.Series) -> pd.Series:
     """Age bands ``<30 ... 75+``; a missing age is ``unknown``."""
     bands = pd.Series("unknown", index=age.index, dtype=object)
@@ -301,6 +317,19 @@ def evaluate_all(
             for other in students[1:]
         },
     }
+
+    def calibrated(name: str) -> str:  # probabilities on one scale, where a calibrated one exists
+        return f"{name}_calibrated" if f"{name}_calibrated" in scores else name
+
+    out["probability_agreement"] = {
+        f"{teacher}_vs_{name}": probability_agreement(
+            scores[calibrated(teacher)].test,
+            scores[calibrated(name)].test,
+            decisions(calibrated(teacher)),
+            decisions(calibrated(name)),
+        )  # fmt: skip
+        for name in students
+    }
     out["subgroups"] = {
         name: subgroups(
             test_table,
@@ -326,7 +355,8 @@ def summary(results: dict, exported: list[str]) -> dict:
     The split's counts; for the teacher, the float student, each export except the fp32 ones
     (the float student again, checked by the quantize stage) and the best baseline by val:
     val ROC-AUC, test ROC-AUC with its CI, PR-AUC and ECE, and sensitivity and specificity at
-    the threshold chosen on val; for the calibrated teacher and student, their test ECE. Every
+    the threshold chosen on val; for the calibrated teacher and student, their test ECE; how
+    closely the deployed student's probabilities follow the teacher's. Every
     figure keeps its key path and value from ``results`` (the stage's report), so the summary
     of a summary is itself.
 
@@ -343,6 +373,9 @@ def summary(results: dict, exported: list[str]) -> dict:
         out[name]["at_target_sensitivity"] = {k: at[k] for k in SUMMARY_OPERATING}
         if f"{name}_calibrated" in results:
             out[f"{name}_calibrated"] = {"ece": results[f"{name}_calibrated"]["ece"]}
+    if exported and "probability_agreement" in results:  # how closely the phone follows
+        key = f"teacher_vs_{exported[0]}"
+        out["probability_agreement"] = {key: results["probability_agreement"][key]}
     return out
 
 

@@ -105,6 +105,31 @@ def confidence_hist(
     save(fig, path)
 
 
+def teacher_student_scatter(
+    y, teacher: np.ndarray, students: dict[str, np.ndarray], thresholds: dict[str, float],
+    teacher_threshold: float, figures: dict[str, dict], path: Path,
+) -> None:  # fmt: skip
+    """Each student's p(melanoma) against the teacher's on one image each (logit axes), with
+    both val-chosen thresholds: the quadrants off the diagonal are the decisions they differ on."""
+    y = np.asarray(y).astype(bool)
+    fig, axes = plt.subplots(1, len(students), figsize=(4.4 * len(students), 4.2), squeeze=False)
+    for ax, (name, p) in zip(axes[0], students.items(), strict=True):
+        for mask, label, colour in ((~y, "benign", "tab:blue"), (y, "melanoma", "tab:red")):
+            ax.scatter(teacher[mask], p[mask], s=6, alpha=0.5, c=colour, label=label, lw=0)
+        ax.set(xscale="logit", yscale="logit", xlim=(1e-4, 1 - 1e-4), ylim=(1e-4, 1 - 1e-4))
+        ax.plot([1e-4, 1 - 1e-4], [1e-4, 1 - 1e-4], color="0.6", lw=0.8)
+        ax.axvline(teacher_threshold, color="k", ls="--", lw=0.8)
+        ax.axhline(thresholds[name], color="k", ls="--", lw=0.8)
+        f = figures[name]
+        ax.set(
+            xlabel="teacher p(melanoma)", ylabel=f"{name} p(melanoma)",
+            title=f"{name}: Spearman {f['spearman']:.3f}, kappa {f['cohen_kappa']:.3f}",
+        )  # fmt: skip
+        ax.title.set_fontsize(9)
+    axes[0, 0].legend(fontsize=7, loc="upper left", markerscale=2)
+    save(fig, path)
+
+
 def gallery(
     images: np.ndarray,
     table: pd.DataFrame,
@@ -191,6 +216,15 @@ def markdown(results: dict, model_names: list[str], target_sensitivity: float) -
     lines += ["", "Agreement of decisions at the val-chosen thresholds:", ""]
     for name, counts in results["agreement"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    lines += ["", "How closely each student's probabilities follow the teacher's:", ""]
+    rows = [
+        [name, *(f"{d[k]:.3f}" for k in ("spearman", "pearson_logit", "mean_abs_difference",
+                                         "cohen_kappa"))]
+        for name, d in results["probability_agreement"].items()
+    ]  # fmt: skip
+    lines += formatting.table(
+        ["pair", "Spearman", "Pearson (logits)", "mean abs. difference", "Cohen's kappa"], rows
+    )
     lines += ["", "Test ROC-AUC change under perturbation (level 1 mild, 2 strong):", ""]
     tables = results["shift"]
     keys = [k for k in next(iter(tables.values())) if k != "clean"]
@@ -263,6 +297,13 @@ def write_all(
     confidence_hist(y, main_models, thresholds, out / "confidence_hist.png")
     student, teacher = scores["student"].test, scores["teacher_calibrated"].test
     t_student, t_teacher = thresholds["student"], thresholds["teacher_calibrated"]
+    followers = {"student": "student_calibrated", **{n: n for n in exported[:1]}}
+    teacher_student_scatter(
+        y, teacher, {n: scores[s].test for n, s in followers.items()},
+        {n: thresholds[s] for n, s in followers.items()}, t_teacher,
+        {n: results["probability_agreement"][f"teacher_vs_{n}"] for n in followers},
+        out / "teacher_vs_student.png",
+    )  # fmt: skip
     rows = evaluation.gallery_rows(
         y, table["lesion_id"], student, t_student, teacher, t_teacher, gallery_size
     )

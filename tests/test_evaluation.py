@@ -108,6 +108,20 @@ def test_agreement_counts_on_a_hand_example():
     }  # fmt: skip
 
 
+def test_probability_agreement_on_hand_examples():
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    follows = 1 / (1 + np.exp(-(2 * metrics.logit(p) + 1)))  # a monotone map of the logit
+    a = evaluation.probability_agreement(p, follows, [1, 1, 0, 0], [1, 0, 0, 0])
+    assert a["spearman"] == pytest.approx(1.0)
+    assert a["pearson_logit"] == pytest.approx(1.0)
+    assert a["mean_abs_difference"] == pytest.approx(np.mean(np.abs(p - follows)))
+    # kappa by hand: observed 3/4; chance 1/2 * 1/4 + 1/2 * 3/4 = 1/2; (3/4 - 1/2) / (1 - 1/2)
+    assert a["cohen_kappa"] == pytest.approx(0.5)
+    reverse = evaluation.probability_agreement(p, p[::-1], [1, 0, 1, 0], [1, 0, 1, 0])
+    assert reverse["spearman"] == pytest.approx(-1.0)
+    assert reverse["cohen_kappa"] == pytest.approx(1.0)
+
+
 def test_age_bands():
     ages = pd.Series([0.0, 29.0, 30.0, 44.0, 45.0, 60.0, 74.0, 75.0, 90.0, np.nan])
     assert evaluation.age_band(ages).tolist() == [
@@ -210,6 +224,13 @@ def test_evaluate_all_and_report_files(clustered, tmp_path):
     )
     assert set(out["paired_teacher_vs_student"]) == {"student", "int8"}
     assert set(out["agreement"]) == {"teacher_vs_student", "student_vs_int8"}
+    # probabilities compared on one scale: the calibrated teacher and student where they exist
+    assert out["probability_agreement"]["teacher_vs_student"]["mean_abs_difference"] == (
+        pytest.approx(np.mean(np.abs(p - noisy)))
+    )
+    assert out["probability_agreement"]["teacher_vs_int8"]["spearman"] == pytest.approx(
+        pd.Series(p).rank().corr(pd.Series(noisy).rank())
+    )
     assert set(out["subgroups"]) == {"teacher", "student"}
     assert len(evaluation.subgroup_table(out)) == 2 * (2 + 3 + 2)
 
@@ -222,7 +243,11 @@ def test_evaluate_all_and_report_files(clustered, tmp_path):
     small = evaluation.summary(out, ["int8", "student_fp32_onnx"])
     models = {"teacher", "student", "int8", "baseline_lr"}
     assert set(small) == models | {"teacher_calibrated", "student_calibrated",
-        "n_test", "n_test_melanoma", "n_test_lesions", "bootstrap", "best_baseline_by_val"}  # fmt: skip
+        "n_test", "n_test_melanoma", "n_test_lesions", "bootstrap", "best_baseline_by_val",
+        "probability_agreement"}  # fmt: skip
+    assert small["probability_agreement"] == {
+        "teacher_vs_int8": out["probability_agreement"]["teacher_vs_int8"]
+    }
     assert small["student_calibrated"] == {"ece": out["student_calibrated"]["ece"]}
     assert small["int8"]["roc_auc_low"] == out["int8"]["roc_auc_low"]
     assert small["int8"]["at_target_sensitivity"] == {
@@ -232,7 +257,7 @@ def test_evaluate_all_and_report_files(clustered, tmp_path):
     report.write_all(out, scores, images, table, ["int8"], 10, 0.95, 2, tmp_path)
     report.shift_plot(table_shift, tmp_path / "shift.png")
     names = ["roc", "pr", "reliability", "confusion", "threshold_curves", "confidence_hist",
-             "gallery", "shift"]  # fmt: skip
+             "gallery", "shift", "teacher_vs_student"]  # fmt: skip
     for name in names:
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     roc = pd.read_csv(tmp_path / "roc.csv")
