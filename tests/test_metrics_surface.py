@@ -72,8 +72,9 @@ def test_summaries_of_the_committed_run():
     assert set(evaluate) == {
         "n_test", "n_test_melanoma", "n_test_lesions", "bootstrap", "best_baseline_by_val",
         "teacher", "teacher_calibrated", "student", "student_calibrated", "student_int8",
-        "student_int8_onnx", best,
+        "student_int8_onnx", best, "probability_agreement",
     }  # fmt: skip
+    assert set(evaluate["probability_agreement"]) == {"teacher_vs_student_int8"}
     assert set(evaluate["student_int8"]["at_target_sensitivity"]) == {"sensitivity", "specificity"}
     assert set(evaluate["teacher_calibrated"]) == {"ece"}
     bench = SUMMARIES["benchmark"](_committed("benchmark"))["models"]["student_executorch_int8"]
