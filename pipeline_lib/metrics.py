@@ -14,6 +14,7 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -185,12 +186,17 @@ def dx_figures(dx_true, probs: np.ndarray) -> dict:
     """The 7-way diagnosis figures of ``(N, 7)`` dx probabilities against HAM10000 dx codes:
     the confusion matrix of the most likely class (rows true, columns predicted, in
     ``DX_CODES`` order), accuracy, balanced accuracy, and each class's one-vs-rest ROC-AUC
-    (``None`` where the class is absent or alone)."""
+    (``None`` where the class is absent or alone) and precision, recall and F1 of the most
+    likely class (0 where undefined: a class never predicted or never present)."""
     from pipeline_lib.data import DX_CODES  # here: data imports torch, this module need not
 
     y = np.array([DX_CODES.index(c) for c in dx_true])
     probs = np.asarray(probs)
     pred = probs.argmax(1)
+    labels = list(range(len(DX_CODES)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
     per_class = {}
     for i, code in enumerate(DX_CODES):
         positives = int((y == i).sum())
@@ -198,6 +204,9 @@ def dx_figures(dx_true, probs: np.ndarray) -> dict:
         per_class[code] = {
             "n": positives,
             "roc_auc": roc_auc(y == i, probs[:, i]) if defined else None,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
         }
     return {
         "classes": list(DX_CODES),

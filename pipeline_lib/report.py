@@ -179,15 +179,16 @@ def dx_table(d: dict, model: str) -> list[str]:
     lines = [
         f"7-way diagnosis of `{model}`: accuracy {d['accuracy']:.3f}, balanced accuracy "
         f"{d['balanced_accuracy']:.3f}. Confusion (rows: true dx, columns: most likely dx) and "
-        "one-vs-rest ROC-AUC:",
+        "one-vs-rest ROC-AUC; precision, recall and F1 of the most likely dx:",
         "",
     ]
-    rows = [
-        [code, *map(str, counts), str(d["per_class"][code]["n"]),
-         formatting.number(d["per_class"][code]["roc_auc"])]
-        for code, counts in zip(d["classes"], d["confusion"], strict=True)
-    ]  # fmt: skip
-    return lines + formatting.table(["true \\ predicted", *d["classes"], "images", "ROC-AUC"], rows)
+    rows = []
+    for code, counts in zip(d["classes"], d["confusion"], strict=True):
+        c = d["per_class"][code]
+        figures = [c.get(k) for k in ("roc_auc", "precision", "recall", "f1")]
+        rows.append([code, *map(str, counts), str(c["n"]), *map(formatting.number, figures)])
+    header = ["true \\ predicted", *d["classes"], "images", "ROC-AUC", "precision", "recall", "F1"]
+    return lines + formatting.table(header, rows)
 
 
 def markdown(results: dict, model_names: list[str], target_sensitivity: float) -> str:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 Overrides = dict[str, object]
@@ -85,7 +86,7 @@ STUDIES: dict[str, Study] = {
         {
             "student-mnv3": {"distill.arch": "mobilenetv3_small_100", **SCRATCH_STUDENT},
             **{
-                f"dsnet-T{t}": {
+                f"dsnet-T{t:g}": {
                     "distill.arch": "dsnet_tiny",
                     **SCRATCH_STUDENT,
                     "kd.temperature": t,
@@ -116,13 +117,17 @@ STUDIES: dict[str, Study] = {
         columns=("student_augment.exposure", "student_augment.channel_gain"),
     ),
 }
+LATENCY = "metrics/benchmark.json:models.student_executorch_int8.latency_ms.1.median"
+INT8_AUC = "metrics/quantize.json:int8_pte.val_roc_auc"
 METRICS = {  # column of `dvc exp show --csv` -> table header
     "metrics/distill.json:val_roc_auc": "val ROC-AUC",
     "metrics/distill.json:val_pr_auc": "val PR-AUC",
     "metrics/distill.json:val_ece": "val ECE",
     "metrics/distill.json:best_epoch": "best epoch",
     "metrics/distill.json:train_seconds": "train (min)",
-    "metrics/quantize.json:int8_pte.val_roc_auc": "int8 val ROC-AUC",
+    INT8_AUC: "int8 val ROC-AUC",
+    "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
+    LATENCY: "int8 ms (1 thread)",
 }
 
 
@@ -158,10 +163,19 @@ def rows(names: list[str] | None = None) -> list[tuple[str, str, Study]]:
     return [(s, row, STUDIES[s]) for s in chosen for row in STUDIES[s].rows]
 
 
+def _named(table: pd.DataFrame) -> pd.DataFrame:
+    """``dvc exp show --csv`` indexed by experiment name (the rev where unnamed), each metric
+    under its ``file:key`` column (dvc drops the file of a key no other file has); a row
+    re-run on a newer commit keeps its newest run (listed first)."""
+    table = table.rename(columns={c.split(":", 1)[-1]: c for c in METRICS if ":" in c})
+    named = table.set_index(table["Experiment"].fillna(table["rev"]))
+    return named[~named.index.duplicated()]
+
+
 def report(table: pd.DataFrame, baseline: str = "workspace") -> str:
     """Markdown: one table per study of the rows found in ``dvc exp show --csv`` output, each
     beside the baseline (the committed run)."""
-    named = table.set_index(table["Experiment"].fillna(table["rev"]))
+    named = _named(table)
     lines = []
     for key, study in STUDIES.items():
         found = [r for r in study.rows if r in named.index]
@@ -185,6 +199,33 @@ def report(table: pd.DataFrame, baseline: str = "workspace") -> str:
     return "\n".join(lines)
 
 
+def students_plot(table: pd.DataFrame, path: str | Path, baseline: str = "workspace") -> int:
+    """Int8 ``.pte`` val ROC-AUC against its batch-1 latency at one thread for every row of
+    the students study that has both, beside the committed student; returns the points drawn."""
+    from pipeline_lib.plotting import plt, save
+
+    named = _named(table)
+    names = [n for n in [baseline, *STUDIES["students"].rows] if n in named.index]
+    points = [
+        (n, float(named.loc[n, LATENCY]), float(named.loc[n, INT8_AUC]))
+        for n in names
+        if LATENCY in named and _is_number(named.loc[n, LATENCY])
+        and _is_number(named.loc[n, INT8_AUC])
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, ms, auc in points:
+        ax.scatter(ms, auc, s=30, c="tab:red" if name == baseline else "tab:blue")
+        label = "committed student" if name == baseline else name
+        size = named.loc[name].get("metrics/quantize.json:int8_pte.size_mb")
+        label += f" ({float(size):.2f} MB)" if _is_number(size) else ""
+        ax.annotate(label, (ms, auc), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel="int8 .pte latency, batch 1, 1 thread (ms)", ylabel="int8 .pte val ROC-AUC",
+           title="Students distilled from the committed teacher")  # fmt: skip
+    ax.margins(x=0.3, y=0.15)
+    save(fig, path)
+    return len(points)
+
+
 def _is_number(value: object) -> bool:
     try:
         float(value)  # type: ignore[arg-type]
@@ -205,6 +246,101 @@ def _cell(row: pd.Series, column: str) -> str:
     return "-" if value is None or value != value else str(value)
 
 
+def teacher_members(
+    members: dict[str, np.ndarray], task: str, y: np.ndarray, others: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """Val ROC-AUC and PR-AUC of each teacher member, of their mean in probability (the
+    ``teacher`` stage's combination), and of that mean with one more, non-network member
+    (``others``: name -> val p(melanoma), e.g. the handcrafted-feature baselines) weighted
+    like a network member.
+
+    Args:
+        members: each member's raw val logits, row-aligned with ``y``.
+    """
+    from pipeline_lib import data, metrics
+
+    probs = {name: data.melanoma_probability(z, task) for name, z in members.items()}
+    rows = dict(probs)
+    together = np.mean(list(probs.values()), axis=0)
+    rows[" + ".join(probs)] = together
+    for name, p in others.items():
+        rows[f"{' + '.join(probs)} + {name}"] = (together * len(probs) + p) / (len(probs) + 1)
+    return pd.DataFrame(
+        [
+            {
+                "teacher": name,
+                "val ROC-AUC": metrics.roc_auc(y, p),
+                "val PR-AUC": metrics.pr_auc(y, p),
+            }
+            for name, p in rows.items()
+        ]
+    )
+
+
+def _members_table(folder: Path, split: Path, baselines: Path) -> str:
+    """:func:`teacher_members` of the committed members under ``folder`` (one sub-folder each,
+    with ``model.pt`` and ``val_logits.npy``) and the baselines' val predictions, as markdown."""
+    from pipeline_lib import data, formatting
+
+    val = data.read_split(split, "val")
+    paths = sorted(folder.glob("*/val_logits.npy"))
+    if not paths:
+        raise SystemExit(f"no member val_logits.npy under {folder}: run `dvc repro teacher` first")
+    members = {p.parent.name: np.load(p) for p in paths}
+    task = "dx" if next(iter(members.values())).ndim == 2 else "binary"  # (N, 7) or (N,)
+    predictions = pd.read_csv(baselines)
+    predictions = predictions[predictions["split"] == "val"].set_index("image_id")
+    columns = [c for c in predictions if c not in ("split", "lesion_id", "label")]
+    others = {c: predictions.loc[val["image_id"], c].to_numpy() for c in columns}
+    table = teacher_members(members, task, val["label"].to_numpy(), others)
+    rows = [
+        [r.teacher, f"{r['val ROC-AUC']:.3f}", f"{r['val PR-AUC']:.3f}"]
+        for _, r in table.iterrows()
+    ]
+    return "\n".join(formatting.table(list(table.columns), rows)) + "\n"
+
+
+def class_figures(dx_true, logits: np.ndarray) -> pd.DataFrame:
+    """Per-class accuracy, precision, recall, F1 and one-vs-rest ROC-AUC of a dx model's val
+    logits (the DSNet paper's table), from :func:`metrics.dx_figures`. A class's accuracy is
+    the binary accuracy of "this class or not" over all images."""
+    from pipeline_lib import data, metrics
+
+    d = metrics.dx_figures(dx_true, data.dx_probabilities(logits))
+    confusion = np.asarray(d["confusion"])
+    n = confusion.sum()
+    rows = []
+    for i, code in enumerate(d["classes"]):
+        c = d["per_class"][code]
+        wrong = confusion[:, i].sum() + confusion[i].sum() - 2 * confusion[i, i]  # FP + FN
+        rows.append(
+            {"class": code, "images": c["n"], "accuracy": (n - wrong) / n,
+             "precision": c["precision"], "recall": c["recall"], "F1": c["f1"], "ROC-AUC": c["roc_auc"]}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _classes_table(rev: str | None) -> str:
+    """:func:`class_figures` of the val logits of ``rev`` (an experiment name or commit; the
+    workspace when ``None``) as markdown, after the overall accuracy."""
+    import dvc.api
+
+    from pipeline_lib import data, formatting
+
+    with dvc.api.open("data/distill/val_logits.npy", rev=rev, mode="rb") as f:
+        logits = np.load(io.BytesIO(f.read()))
+    with dvc.api.open("data/split/val.csv", rev=rev) as f:
+        val = pd.read_csv(f)
+    if logits.ndim != 2:
+        raise SystemExit(f"the student of {rev or 'the workspace'} is binary: no class table")
+    table = class_figures(val["dx"], logits)
+    rows = [[r["class"], str(r["images"]), *(formatting.number(r[k]) for k in table.columns[2:])]
+            for _, r in table.iterrows()]  # fmt: skip
+    truth = np.array([data.DX_CODES.index(c) for c in val["dx"]])
+    head = f"val accuracy {np.mean(logits.argmax(1) == truth):.3f} ({len(truth)} images)"
+    return head + "\n\n" + "\n".join(formatting.table(list(table.columns), rows)) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline_lib.studies", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,7 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report")
     r.add_argument("--out", type=Path, help="markdown file (default: stdout)")
     r.add_argument("--csv", type=Path, help="a saved `dvc exp show --csv` (default: run it)")
+    r.add_argument("--plot", type=Path, help="PNG: the students' int8 accuracy against latency")
+    m = sub.add_parser("members", help="val figures of the teacher's members and combinations")
+    m.add_argument("--members", type=Path, default=Path("data/train_teacher"))
+    m.add_argument("--split", type=Path, default=Path("data/split"))
+    m.add_argument("--baselines", type=Path, default=Path("data/baselines/predictions.csv"))
+    c = sub.add_parser("classes", help="per-class val figures of a dx student (DSNet's table)")
+    c.add_argument("--rev", help="experiment name or commit (default: the workspace)")
     args = parser.parse_args(argv)
+    if args.command == "classes":
+        print(_classes_table(args.rev), end="")
+        return 0
+    if args.command == "members":
+        print(_members_table(args.members, args.split, args.baselines), end="")
+        return 0
     if args.command in ("list", "queue"):
         from pipeline_lib import config
 
@@ -231,10 +380,16 @@ def main(argv: list[str] | None = None) -> int:
         args.csv.read_text()
         if args.csv
         else subprocess.run(
-            ["dvc", "exp", "show", "--csv"], check=True, capture_output=True, text=True
+            ["dvc", "exp", "show", "--csv", "--all-commits"],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
     )
-    markdown = report(pd.read_csv(io.StringIO(text)))
+    table = pd.read_csv(io.StringIO(text))
+    markdown = report(table)
+    if args.plot:
+        students_plot(table, args.plot)
     if args.out:
         from pipeline_lib import artifacts
 

@@ -129,4 +129,18 @@ def test_dx_figures_match_scikit_learn():
     assert d["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
     for i, code in enumerate(data.DX_CODES[:6]):
         assert d["per_class"][code]["roc_auc"] == pytest.approx(roc_auc_score(y == i, probs[:, i]))
-    assert d["per_class"]["vasc"] == {"n": 0, "roc_auc": None}
+    assert d["per_class"]["vasc"] == {
+        "n": 0, "roc_auc": None, "precision": 0.0, "recall": 0.0, "f1": 0.0
+    }  # fmt: skip
+
+
+def test_dx_precision_recall_f1_by_hand():
+    """Three images of akiec, one of bcc; predictions akiec, akiec, bcc, bcc."""
+    codes = ["akiec", "akiec", "akiec", "bcc"]
+    probs = np.zeros((4, 7))
+    probs[[0, 1, 2, 3], [0, 0, 1, 1]] = 1.0
+    per_class = metrics.dx_figures(codes, probs)["per_class"]
+    assert per_class["akiec"]["precision"] == 1.0 and per_class["akiec"]["recall"] == 2 / 3
+    assert per_class["akiec"]["f1"] == pytest.approx(2 * 1.0 * (2 / 3) / (1 + 2 / 3))
+    assert per_class["bcc"]["precision"] == 0.5 and per_class["bcc"]["recall"] == 1.0
+    assert per_class["bcc"]["f1"] == pytest.approx(2 / 3)

@@ -1,12 +1,14 @@
 """The reference-study grid: each row's `dvc exp run`, and the val tables built from
 `dvc exp show --csv`."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
 
 from pipeline_lib import config, studies
+from pipeline_lib.data import MELANOMA_INDEX
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -59,12 +61,14 @@ def test_report_tables_each_study_beside_the_committed_run():
             "metrics/distill.json:val_roc_auc": [0.9016, 0.8951, 0.8882, 0.5],
             "metrics/distill.json:train_seconds": [1092.3, 1200.0, 816.0, 1.0],
             "metrics/distill.json:best_epoch": [6, 5, 6, 1],
+            # dvc drops the file prefix of a metric no other file has
+            "int8_pte.val_roc_auc": [0.897, 0.881, None, 0.5],
         }
     )
     text = studies.report(table)
     kd = text[text.index("## kd_grid") :].split("## ")[1]
-    assert "| `workspace` | 2.0 | 0.5 | 0.902 | - | - | 6 | 18.2 | - |" in kd
-    assert "| `kd-T1-a0.9` | 1.0 | 0.9 | 0.895 | - | - | 5 | 20.0 | - |" in kd
+    assert "| `workspace` | 2.0 | 0.5 | 0.902 | - | - | 6 | 18.2 | 0.897 | - | - |" in kd
+    assert "| `kd-T1-a0.9` | 1.0 | 0.9 | 0.895 | - | - | 5 | 20.0 | 0.881 | - | - |" in kd
     assert "`kd-alpha0`" in kd and "`other`" not in text
     assert "## imbalance" in text and "No row has run yet." in text
 
@@ -72,3 +76,61 @@ def test_report_tables_each_study_beside_the_committed_run():
 def test_unknown_study_is_named():
     with pytest.raises(SystemExit, match="unknown study nope"):
         studies.rows(["nope"])
+
+
+def test_teacher_members_combine_in_probability():
+    """Each member alone, their mean p(mel), and the mean with a non-network member, by hand."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20)
+    a, b = rng.normal(size=(40, 7)), rng.normal(size=(40, 7))
+    other = rng.uniform(size=40)
+
+    def p_mel(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True))[:, MELANOMA_INDEX]
+
+    table = studies.teacher_members({"a": a, "b": b}, "dx", y, {"hgb": other}).set_index("teacher")
+    assert list(table.index) == ["a", "b", "a + b", "a + b + hgb"]
+    mean = (p_mel(a) + p_mel(b)) / 2
+    assert table.loc["a", "val ROC-AUC"] == pytest.approx(roc_auc_score(y, p_mel(a)))
+    assert table.loc["a + b", "val ROC-AUC"] == pytest.approx(roc_auc_score(y, mean))
+    three = (p_mel(a) + p_mel(b) + other) / 3
+    assert table.loc["a + b + hgb", "val ROC-AUC"] == pytest.approx(roc_auc_score(y, three))
+
+
+def test_class_figures_against_scikit_learn():
+    """The DSNet table: each class's one-vs-rest accuracy, precision, recall and F1."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from pipeline_lib.data import DX_CODES
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 7, 300)
+    logits = rng.normal(size=(300, 7))
+    logits[np.arange(150), truth[:150]] += 3.0
+    table = studies.class_figures(np.array(DX_CODES)[truth], logits).set_index("class")
+    pred = logits.argmax(1)
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=range(7))
+    for i, code in enumerate(DX_CODES):
+        row = table.loc[code]
+        assert row["accuracy"] == pytest.approx(accuracy_score(truth == i, pred == i))
+        assert (row["precision"], row["recall"], row["F1"]) == pytest.approx(
+            (precision[i], recall[i], f1[i])
+        )
+        assert row["images"] == (truth == i).sum()
+
+
+def test_students_plot_draws_each_row_with_both_figures(tmp_path):
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "dsnet-T10", "student-mnv3", "eee4709-mnv2"],
+            "rev": ["workspace", "a", "b", "c"],
+            "int8_pte.val_roc_auc": [0.897, 0.882, 0.878, 0.87],
+            "int8_pte.size_mb": [3.67, 0.28, 1.73, 2.5],
+            "models.student_executorch_int8.latency_ms.1.median": [2.4, 0.86, 0.69, None],
+        }
+    )
+    assert studies.students_plot(table, tmp_path / "s.png") == 3  # mnv2 has no latency
+    assert (tmp_path / "s.png").stat().st_size > 0
