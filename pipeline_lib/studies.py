@@ -59,6 +59,7 @@ STUDIES: dict[str, Study] = {
         "Class imbalance on the student: weighted loss, focal loss, oversampling (default: none)",
         {
             "student-posweight8": {"distill.pos_weight": 8.0},
+            "student-posweight8-s1": {"distill.pos_weight": 8.0, "distill.seed": 1},
             "student-focal2": {"distill.loss": "focal", "distill.focal_gamma": 2.0},
             "student-oversample2": {"distill.oversample_melanoma": 2.0},
         },
