@@ -57,7 +57,7 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Softmax cross-entropy over the 7 dx classes, melanoma weighted by ``pos_weight``
     (PyTorch's weighted mean: the weighted sum over the batch divided by the sum of weights)."""
-    if pos_weight == 1.0:
+    if pos_weight == 1.0:  # the unweighted call: bit-identical to the runs before weights
         return F.cross_entropy(logits, target.long())
     return F.cross_entropy(logits, target.long(), weight=class_weights(pos_weight, logits))
 
