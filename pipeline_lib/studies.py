@@ -44,6 +44,7 @@ class Study:
     rows: dict[str, Overrides]
     stage: str = "distill"  # the stage each row targets (its upstream comes from the cache)
     columns: tuple[str, ...] = field(default=())  # the params shown in the table
+    metrics: dict[str, str] | None = None  # `dvc exp show` column -> header; None: the student's
 
 
 def _kd_grid() -> dict[str, Overrides]:
@@ -52,6 +53,29 @@ def _kd_grid() -> dict[str, Overrides]:
         for alpha in (0.1, 0.5, 0.7, 0.9):
             rows[f"kd-T{t:g}-a{alpha:g}"] = {"kd.temperature": t, "kd.alpha": alpha}
     return rows
+
+
+LATENCY = "metrics/benchmark.json:models.student_executorch_int8.latency_ms.1.median"
+INT8_AUC = "metrics/quantize.json:int8_pte.val_roc_auc"
+METRICS = {  # column of `dvc exp show --csv` -> table header
+    "metrics/distill.json:val_roc_auc": "val ROC-AUC",
+    "metrics/distill.json:val_pr_auc": "val PR-AUC",
+    "metrics/distill.json:val_ece": "val ECE",
+    "metrics/distill.json:best_epoch": "best epoch",
+    "metrics/distill.json:train_seconds": "train (min)",
+    INT8_AUC: "int8 val ROC-AUC",
+    "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
+    LATENCY: "int8 ms (1 thread)",
+}
+TEACHER_METRICS = {  # a teacher row: the retrained Lite0 member, the mean teacher, calibration
+    "metrics/train_teacher/lite0.json:val_roc_auc": "Lite0 member val ROC-AUC",
+    "metrics/train_teacher/lite0.json:val_ece": "member val ECE",
+    "metrics/train_teacher/lite0.json:val_threshold": "member threshold (95% sens.)",
+    "metrics/teacher.json:val_roc_auc": "teacher val ROC-AUC",
+    "metrics/teacher.json:val_pr_auc": "teacher val PR-AUC",
+    "metrics/calibrate.json:val_ece_after": "teacher val ECE calibrated",
+    "metrics/train_teacher/lite0.json:train_seconds": "member train (min)",
+}
 
 
 STUDIES: dict[str, Study] = {
@@ -65,6 +89,22 @@ STUDIES: dict[str, Study] = {
         },
         columns=("distill.loss", "distill.pos_weight", "distill.oversample_melanoma"),
     ),
+    "teacher_imbalance": Study(
+        "Class imbalance on the teacher: the ImageNet Lite0 member retrained with a weighted "
+        "loss, focal loss or oversampling, the ResNet-18 member unchanged (default: none)",
+        {
+            "teacher-lite0-posweight8": {"+teachers.lite0.pos_weight": 8.0},
+            "teacher-lite0-focal2": {"+teachers.lite0.loss": "focal"},
+            "teacher-lite0-oversample2": {"+teachers.lite0.oversample_melanoma": 2.0},
+        },
+        stage="calibrate",  # member, mean teacher, calibration: the student is not retrained
+        columns=(
+            "teachers.lite0.pos_weight",
+            "teachers.lite0.loss",
+            "teachers.lite0.oversample_melanoma",
+        ),
+        metrics=TEACHER_METRICS,
+    ),  # fmt: skip
     "pooling_and_warmup": Study(
         "Max against average pooling; frozen-backbone warm-up and a slower backbone against full "
         "fine-tuning",
@@ -118,18 +158,10 @@ STUDIES: dict[str, Study] = {
         columns=("student_augment.exposure", "student_augment.channel_gain"),
     ),
 }
-LATENCY = "metrics/benchmark.json:models.student_executorch_int8.latency_ms.1.median"
-INT8_AUC = "metrics/quantize.json:int8_pte.val_roc_auc"
-METRICS = {  # column of `dvc exp show --csv` -> table header
-    "metrics/distill.json:val_roc_auc": "val ROC-AUC",
-    "metrics/distill.json:val_pr_auc": "val PR-AUC",
-    "metrics/distill.json:val_ece": "val ECE",
-    "metrics/distill.json:best_epoch": "best epoch",
-    "metrics/distill.json:train_seconds": "train (min)",
-    INT8_AUC: "int8 val ROC-AUC",
-    "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
-    LATENCY: "int8 ms (1 thread)",
-}
+
+
+def _metrics(study: Study) -> dict[str, str]:
+    return METRICS if study.metrics is None else study.metrics
 
 
 def _value(v: object) -> str:
@@ -168,7 +200,8 @@ def _named(table: pd.DataFrame) -> pd.DataFrame:
     """``dvc exp show --csv`` indexed by experiment name (the rev where unnamed), each metric
     under its ``file:key`` column (dvc drops the file of a key no other file has); a row
     re-run on a newer commit keeps its newest run (listed first)."""
-    table = table.rename(columns={c.split(":", 1)[-1]: c for c in METRICS if ":" in c})
+    known = {c for study in STUDIES.values() for c in _metrics(study)}
+    table = table.rename(columns={c.split(":", 1)[-1]: c for c in known if ":" in c})
     named = table.set_index(table["Experiment"].fillna(table["rev"]))
     return named[~named.index.duplicated()]
 
@@ -184,12 +217,13 @@ def report(table: pd.DataFrame, baseline: str = "workspace") -> str:
         if not found:
             lines += ["No row has run yet.", ""]
             continue
-        header = ["experiment", *study.columns, *METRICS.values()]
+        columns = _metrics(study)
+        header = ["experiment", *study.columns, *columns.values()]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name in [baseline, *found] if baseline in named.index else found:
             row = named.loc[name]
             cells = [f"`{name}`", *(_cell(row, c) for c in study.columns)]
-            for column in METRICS:
+            for column in columns:
                 value = row.get(column)
                 if column.endswith("train_seconds") and _is_number(value):
                     cells.append(f"{float(value) / 60:.1f}")

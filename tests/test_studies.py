@@ -26,13 +26,22 @@ def test_every_row_overrides_existing_params_with_values_of_their_type(tmp_path)
     known = _flatten(params)
     for _, row, study in studies.rows():
         changed = yaml.safe_load((REPO / "params.yaml").read_text())
+        sections = set()
         for key, value in study.rows[row].items():
-            assert key in known, f"{row}: {key} is not a params.yaml key"
-            section, name = key.split(".")
-            changed[section][name] = value
+            if key.startswith("+"):  # dvc's "add a key": a train_teacher key for one member
+                section, member, name = key[1:].split(".")
+                assert section == "teachers" and member in params["teachers"], f"{row}: {key}"
+                assert name not in params["teachers"][member], f"{row}: {key} exists: drop the +"
+                assert name in params["train_teacher"], f"{row}: {key} is no train_teacher key"
+                changed[section][member][name] = value
+            else:
+                assert key in known, f"{row}: {key} is not a params.yaml key"
+                section, name = key.split(".")
+                changed[section][name] = value
+            sections.add(section)
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(changed))
-        for section in {k.split(".")[0] for k in study.rows[row]}:
+        for section in sections:
             config.load(section, path)  # a wrong type or value fails here, naming the key
 
 
@@ -71,6 +80,29 @@ def test_report_tables_each_study_beside_the_committed_run():
     assert "| `kd-T1-a0.9` | 1.0 | 0.9 | 0.895 | - | - | 5 | 20.0 | 0.881 | - | - |" in kd
     assert "`kd-alpha0`" in kd and "`other`" not in text
     assert "## imbalance" in text and "No row has run yet." in text
+
+
+def test_teacher_rows_are_tabled_with_the_member_and_teacher_figures():
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "teacher-lite0-focal2"],
+            "rev": ["workspace", "abc"],
+            "teachers.lite0.loss": [None, "focal"],
+            "metrics/train_teacher/lite0.json:val_roc_auc": [0.893, 0.899],
+            "metrics/distill.json:val_roc_auc": [0.902, 0.902],  # the student: not retrained
+            "metrics/teacher.json:val_roc_auc": [0.9054, 0.9071],
+            "val_ece_after": [0.0194, 0.0215],  # only calibrate has it: dvc drops the file
+            "metrics/train_teacher/lite0.json:train_seconds": [738.0, 750.0],
+        }
+    )
+    part = studies.report(table).split("## teacher_imbalance")[1].split("## ")[0]
+    header = next(line for line in part.splitlines() if line.startswith("| experiment"))
+    assert "Lite0 member val ROC-AUC" in header and "| val PR-AUC |" not in header
+    assert "| `workspace` | - | - | - | 0.893 | - | - | 0.905 | - | 0.019 | 12.3 |" in part
+    assert (
+        "| `teacher-lite0-focal2` | - | focal | - | 0.899 | - | - | 0.907 | - | 0.021 | 12.5 |"
+        in part
+    )
 
 
 def test_unknown_study_is_named():
