@@ -45,6 +45,7 @@ class Study:
     stage: str = "distill"  # the stage each row targets (its upstream comes from the cache)
     columns: tuple[str, ...] = field(default=())  # the params shown in the table
     metrics: dict[str, str] | None = None  # `dvc exp show` column -> header; None: the student's
+    member: str | None = None  # the teacher member of {member} in metrics, unless a row adds one
 
 
 def _kd_grid() -> dict[str, Overrides]:
@@ -67,14 +68,15 @@ METRICS = {  # column of `dvc exp show --csv` -> table header
     "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
     LATENCY: "int8 ms (1 thread)",
 }
-TEACHER_METRICS = {  # a teacher row: the retrained Lite0 member, the mean teacher, calibration
-    "metrics/train_teacher/lite0.json:val_roc_auc": "Lite0 member val ROC-AUC",
-    "metrics/train_teacher/lite0.json:val_ece": "member val ECE",
-    "metrics/train_teacher/lite0.json:val_threshold": "member threshold (95% sens.)",
+MEMBER = "metrics/train_teacher/{member}.json"  # the member a teacher row retrains or adds
+TEACHER_METRICS = {  # a teacher row: that member, the mean teacher, its calibration
+    f"{MEMBER}:val_roc_auc": "member val ROC-AUC",
+    f"{MEMBER}:val_ece": "member val ECE",
+    f"{MEMBER}:best_epoch": "member best epoch",
     "metrics/teacher.json:val_roc_auc": "teacher val ROC-AUC",
     "metrics/teacher.json:val_pr_auc": "teacher val PR-AUC",
     "metrics/calibrate.json:val_ece_after": "teacher val ECE calibrated",
-    "metrics/train_teacher/lite0.json:train_seconds": "member train (min)",
+    f"{MEMBER}:train_seconds": "member train (min)",
 }
 
 
@@ -103,6 +105,31 @@ STUDIES: dict[str, Study] = {
             "teachers.lite0.loss",
             "teachers.lite0.oversample_melanoma",
         ),
+        metrics=TEACHER_METRICS,
+        member="lite0",
+    ),
+    "teacher_architectures": Study(
+        "Teacher architectures at the full schedule, each added as a third member beside the "
+        "from-scratch ResNet-18 and the ImageNet Lite0: ImageNet EfficientNet-Lite1/2 (6 epochs "
+        "like Lite0), ResNet-34 and EfficientNet-B0 from scratch (16 epochs like ResNet-18)",
+        {
+            **{
+                f"teacher-plus-lite{i}": {
+                    f"+teachers.lite{i}": {
+                        "arch": f"tf_efficientnet_lite{i}",
+                        "pretrained": "imagenet",
+                        "epochs": 6,
+                        "lr": 1.0e-3,
+                    }
+                }
+                for i in (1, 2)
+            },
+            "teacher-plus-resnet34": {
+                "+teachers.resnet34": {"arch": "resnet34", "pretrained": False}
+            },
+            "teacher-plus-b0": {"+teachers.b0": {"arch": "efficientnet_b0", "pretrained": False}},
+        },
+        stage="calibrate",
         metrics=TEACHER_METRICS,
     ),  # fmt: skip
     "pooling_and_warmup": Study(
@@ -165,9 +192,20 @@ def _metrics(study: Study) -> dict[str, str]:
 
 
 def _value(v: object) -> str:
+    """A value as dvc's ``-S`` (Hydra) override grammar reads it; a dict without spaces."""
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_value(x)}" for k, x in v.items()) + "}"
     return str(v)
+
+
+def _member(study: Study, overrides: Overrides) -> str | None:
+    """The teacher member a row adds or retrains (``+teachers.<member>...``), else the study's."""
+    for key in overrides:
+        if key.startswith("+teachers."):
+            return key.split(".")[1]
+    return study.member
 
 
 def command(name: str, study: Study, queue: bool = True, data_root: str | None = None) -> list[str]:
@@ -200,7 +238,7 @@ def _named(table: pd.DataFrame) -> pd.DataFrame:
     """``dvc exp show --csv`` indexed by experiment name (the rev where unnamed), each metric
     under its ``file:key`` column (dvc drops the file of a key no other file has); a row
     re-run on a newer commit keeps its newest run (listed first)."""
-    known = {c for study in STUDIES.values() for c in _metrics(study)}
+    known = {c for study in STUDIES.values() for c in _metrics(study) if "{" not in c}
     table = table.rename(columns={c.split(":", 1)[-1]: c for c in known if ":" in c})
     named = table.set_index(table["Experiment"].fillna(table["rev"]))
     return named[~named.index.duplicated()]
@@ -223,7 +261,10 @@ def report(table: pd.DataFrame, baseline: str = "workspace") -> str:
         for name in [baseline, *found] if baseline in named.index else found:
             row = named.loc[name]
             cells = [f"`{name}`", *(_cell(row, c) for c in study.columns)]
+            member = _member(study, study.rows.get(name, {}))
             for column in columns:
+                if "{member}" in column:
+                    column = column.format(member=member) if member else "(none)"
                 value = row.get(column)
                 if column.endswith("train_seconds") and _is_number(value):
                     cells.append(f"{float(value) / 60:.1f}")

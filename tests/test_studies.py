@@ -28,12 +28,17 @@ def test_every_row_overrides_existing_params_with_values_of_their_type(tmp_path)
         changed = yaml.safe_load((REPO / "params.yaml").read_text())
         sections = set()
         for key, value in study.rows[row].items():
-            if key.startswith("+"):  # dvc's "add a key": a train_teacher key for one member
-                section, member, name = key[1:].split(".")
-                assert section == "teachers" and member in params["teachers"], f"{row}: {key}"
-                assert name not in params["teachers"][member], f"{row}: {key} exists: drop the +"
-                assert name in params["train_teacher"], f"{row}: {key} is no train_teacher key"
-                changed[section][member][name] = value
+            if key.startswith("+"):  # dvc's "add a key": a new member or a key of one member
+                section, member, *name = key[1:].split(".")
+                assert section == "teachers", f"{row}: {key}"
+                if name:
+                    assert name[0] not in params["teachers"][member], f"{row}: {key} exists"
+                    assert name[0] in params["train_teacher"], f"{row}: {key}: no such key"
+                    changed[section][member][name[0]] = value
+                else:
+                    assert member not in params["teachers"], f"{row}: member {member} exists"
+                    assert set(value) <= set(params["train_teacher"]), f"{row}: {value}"
+                    changed[section][member] = value
             else:
                 assert key in known, f"{row}: {key} is not a params.yaml key"
                 section, name = key.split(".")
@@ -97,12 +102,34 @@ def test_teacher_rows_are_tabled_with_the_member_and_teacher_figures():
     )
     part = studies.report(table).split("## teacher_imbalance")[1].split("## ")[0]
     header = next(line for line in part.splitlines() if line.startswith("| experiment"))
-    assert "Lite0 member val ROC-AUC" in header and "| val PR-AUC |" not in header
+    assert "| member val ROC-AUC |" in header and "| val PR-AUC |" not in header
     assert "| `workspace` | - | - | - | 0.893 | - | - | 0.905 | - | 0.019 | 12.3 |" in part
     assert (
         "| `teacher-lite0-focal2` | - | focal | - | 0.899 | - | - | 0.907 | - | 0.021 | 12.5 |"
         in part
     )
+
+
+def test_a_row_that_adds_a_member_is_one_dvc_override_and_tables_that_member():
+    study = studies.STUDIES["teacher_architectures"]
+    run = studies.command("teacher-plus-lite2", study, queue=False)
+    assert run[:6] == ["dvc", "exp", "run", "calibrate", "-n", "teacher-plus-lite2"]
+    override = run[run.index("-S") + 1]  # one shell word: no spaces inside the Hydra dict
+    assert override == (
+        "+teachers.lite2={arch:tf_efficientnet_lite2,pretrained:imagenet,epochs:6,lr:0.001}"
+    )
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "teacher-plus-lite2"],
+            "rev": ["workspace", "abc"],
+            "metrics/train_teacher/lite2.json:val_roc_auc": [None, 0.9012],
+            "metrics/train_teacher/lite0.json:val_roc_auc": [0.893, 0.893],
+            "metrics/teacher.json:val_roc_auc": [0.9054, 0.9123],
+        }
+    )
+    part = studies.report(table).split("## teacher_architectures")[1].split("## ")[0]
+    assert "| `workspace` | - | - | - | 0.905 | - | - | - |" in part  # it adds no member
+    assert "| `teacher-plus-lite2` | 0.901 | - | - | 0.912 | - | - | - |" in part
 
 
 def test_unknown_study_is_named():
