@@ -68,22 +68,28 @@ def test_command_is_the_documented_dvc_exp_run():
 def test_report_tables_each_study_beside_the_committed_run():
     table = pd.DataFrame(
         {
-            "Experiment": [None, "kd-T1-a0.9", "kd-alpha0", "other"],
-            "rev": ["workspace", "abc", "def", "ghi"],
-            "kd.temperature": [2.0, 1.0, 2.0, 2.0],
-            "kd.alpha": [0.5, 0.9, 0.0, 0.5],
-            "metrics/distill.json:val_roc_auc": [0.9016, 0.8951, 0.8882, 0.5],
-            "metrics/distill.json:train_seconds": [1092.3, 1200.0, 816.0, 1.0],
-            "metrics/distill.json:best_epoch": [6, 5, 6, 1],
-            # dvc drops the file prefix of a metric no other file has
-            "int8_pte.val_roc_auc": [0.897, 0.881, None, 0.5],
+            "Experiment": [None, "kd-T1-a0.9", "kd-alpha0", "other", "student-mnv3"],
+            "rev": ["workspace", "abc", "def", "ghi", "jkl"],
+            "kd.temperature": [2.0, 1.0, 2.0, 2.0, 2.0],
+            "kd.alpha": [0.5, 0.9, 0.0, 0.5, 0.5],
+            "metrics/distill.json:val_roc_auc": [0.9016, 0.8951, 0.8882, 0.5, 0.8822],
+            "metrics/distill.json:train_seconds": [1092.3, 1200.0, 816.0, 1.0, 1752.0],
+            "metrics/distill.json:best_epoch": [6, 5, 6, 1, 13],
+            # dvc drops the file prefix of a metric no other file has; a distill-only row
+            # carries the committed run's int8 figure unchanged
+            "int8_pte.val_roc_auc": [0.897, 0.897, 0.897, 0.5, 0.878],
         }
     )
     text = studies.report(table)
     kd = text[text.index("## kd_grid") :].split("## ")[1]
-    assert "| `workspace` | 2.0 | 0.5 | 0.902 | - | - | 6 | 18.2 | 0.897 | - | - |" in kd
-    assert "| `kd-T1-a0.9` | 1.0 | 0.9 | 0.895 | - | - | 5 | 20.0 | 0.881 | - | - |" in kd
-    assert "`kd-alpha0`" in kd and "`other`" not in text
+    assert "| `workspace` | 2.0 | 0.5 | 0.902 | - | - | 6 | 18.2 |\n" in kd
+    assert "| `kd-T1-a0.9` | 1.0 | 0.9 | 0.895 | - | - | 5 | 20.0 |\n" in kd
+    assert "`kd-alpha0`" in kd and "`other`" not in text and "int8" not in kd
+    students = text[text.index("## students") :].split("## ")[1]
+    assert "| `workspace` | - | 2.0 | - | 0.902 | - | - | 6 | 18.2 | 0.897 | - | - |" in students
+    assert (
+        "| `student-mnv3` | - | 2.0 | - | 0.882 | - | - | 13 | 29.2 | 0.878 | - | - |" in students
+    )
     assert "## imbalance" in text and "No row has run yet." in text
 
 
