@@ -68,11 +68,17 @@ METRICS = {  # column of `dvc exp show --csv` -> table header
     "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
     LATENCY: "int8 ms (1 thread)",
 }
+OPERATING_METRICS = {  # a class-imbalance row: the ranking and where the operating point went
+    **{c: h for c, h in METRICS.items() if c.startswith("metrics/distill.json:")},
+    "metrics/distill.json:val_threshold": "threshold (95% sens.)",
+    "metrics/distill.json:val_specificity": "specificity (95% sens.)",
+}
 MEMBER = "metrics/train_teacher/{member}.json"  # the member a teacher row retrains or adds
 TEACHER_METRICS = {  # a teacher row: that member, the mean teacher, its calibration
     f"{MEMBER}:val_roc_auc": "member val ROC-AUC",
     f"{MEMBER}:val_ece": "member val ECE",
     f"{MEMBER}:best_epoch": "member best epoch",
+    f"{MEMBER}:val_threshold": "member threshold (95% sens.)",
     "metrics/teacher.json:val_roc_auc": "teacher val ROC-AUC",
     "metrics/teacher.json:val_pr_auc": "teacher val PR-AUC",
     "metrics/calibrate.json:val_ece_after": "teacher val ECE calibrated",
@@ -90,6 +96,7 @@ STUDIES: dict[str, Study] = {
             "student-oversample2": {"distill.oversample_melanoma": 2.0},
         },
         columns=("distill.loss", "distill.pos_weight", "distill.oversample_melanoma"),
+        metrics=OPERATING_METRICS,
     ),
     "teacher_imbalance": Study(
         "Class imbalance on the teacher: the ImageNet Lite0 member retrained with a weighted "

@@ -109,9 +109,9 @@ def test_teacher_rows_are_tabled_with_the_member_and_teacher_figures():
     part = studies.report(table).split("## teacher_imbalance")[1].split("## ")[0]
     header = next(line for line in part.splitlines() if line.startswith("| experiment"))
     assert "| member val ROC-AUC |" in header and "| val PR-AUC |" not in header
-    assert "| `workspace` | - | - | - | 0.893 | - | - | 0.905 | - | 0.019 | 12.3 |" in part
+    assert "| `workspace` | - | - | - | 0.893 | - | - | - | 0.905 | - | 0.019 | 12.3 |" in part
     assert (
-        "| `teacher-lite0-focal2` | - | focal | - | 0.899 | - | - | 0.907 | - | 0.021 | 12.5 |"
+        "| `teacher-lite0-focal2` | - | focal | - | 0.899 | - | - | - | 0.907 | - | 0.021 | 12.5 |"
         in part
     )
 
@@ -134,8 +134,8 @@ def test_a_row_that_adds_a_member_is_one_dvc_override_and_tables_that_member():
         }
     )
     part = studies.report(table).split("## teacher_architectures")[1].split("## ")[0]
-    assert "| `workspace` | - | - | - | 0.905 | - | - | - |" in part  # it adds no member
-    assert "| `teacher-plus-lite2` | 0.901 | - | - | 0.912 | - | - | - |" in part
+    assert "| `workspace` | - | - | - | - | 0.905 | - | - | - |" in part  # it adds no member
+    assert "| `teacher-plus-lite2` | 0.901 | - | - | - | 0.912 | - | - | - |" in part
 
 
 def test_unknown_study_is_named():
@@ -199,3 +199,20 @@ def test_students_plot_draws_each_row_with_both_figures(tmp_path):
     )
     assert studies.students_plot(table, tmp_path / "s.png") == 3  # mnv2 has no latency
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_imbalance_rows_show_where_the_operating_point_went():
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "student-posweight8"],
+            "rev": ["workspace", "abc"],
+            "distill.pos_weight": [1.0, 8.0],
+            "metrics/distill.json:val_roc_auc": [0.901, 0.910],
+            "metrics/distill.json:val_threshold": [0.054, 0.112],
+            "metrics/distill.json:val_specificity": [0.627, 0.656],
+        }
+    )
+    part = studies.report(table).split("## imbalance")[1].split("## ")[0]
+    assert "| threshold (95% sens.) | specificity (95% sens.) |" in part
+    assert "| `student-posweight8` | - | 8.0 | - | 0.910 |" in part
+    assert "| 0.054 | 0.627 |" in part and "| 0.112 | 0.656 |" in part
