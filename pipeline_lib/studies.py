@@ -68,8 +68,9 @@ METRICS = {  # column of `dvc exp show --csv` -> table header
     "metrics/quantize.json:int8_pte.size_mb": "int8 MB",
     LATENCY: "int8 ms (1 thread)",
 }
+STUDENT_METRICS = {c: h for c, h in METRICS.items() if c.startswith("metrics/distill.json:")}
 OPERATING_METRICS = {  # a class-imbalance row: the ranking and where the operating point went
-    **{c: h for c, h in METRICS.items() if c.startswith("metrics/distill.json:")},
+    **STUDENT_METRICS,
     "metrics/distill.json:val_threshold": "threshold (95% sens.)",
     "metrics/distill.json:val_specificity": "specificity (95% sens.)",
 }
@@ -138,7 +139,7 @@ STUDIES: dict[str, Study] = {
         },
         stage="calibrate",
         metrics=TEACHER_METRICS,
-    ),  # fmt: skip
+    ),
     "pooling_and_warmup": Study(
         "Max against average pooling; frozen-backbone warm-up and a slower backbone against full "
         "fine-tuning",
@@ -200,7 +201,7 @@ def _metrics(study: Study) -> dict[str, str]:
     if study.metrics is not None:
         return study.metrics
     if study.stage == "distill":
-        return {c: h for c, h in METRICS.items() if c.startswith("metrics/distill.json:")}
+        return STUDENT_METRICS
     return METRICS
 
 
