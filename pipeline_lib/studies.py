@@ -316,6 +316,41 @@ def students_plot(table: pd.DataFrame, path: str | Path, baseline: str = "worksp
     return len(points)
 
 
+def kd_grid_plot(table: pd.DataFrame, path: str | Path, baseline: str = "workspace") -> int:
+    """Val ROC-AUC and ECE of the KD grid against alpha, one line per temperature, the
+    committed run among them and alpha = 0 (no teacher, any T) as a line of its own; returns
+    the points drawn."""
+    from pipeline_lib.plotting import plt, save
+
+    named = _named(table)
+    auc, ece = "metrics/distill.json:val_roc_auc", "metrics/distill.json:val_ece"
+    names = [n for n in [baseline, *STUDIES["kd_grid"].rows] if n in named.index]
+    points = [
+        (n, float(named.loc[n, "kd.temperature"]), float(named.loc[n, "kd.alpha"]))
+        for n in names
+        if _is_number(named.loc[n].get(auc))
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    for ax, column, label in ((axes[0], auc, "val ROC-AUC"), (axes[1], ece, "val ECE")):
+        value = {n: float(named.loc[n, column]) for n, _, _ in points
+                 if _is_number(named.loc[n].get(column))}  # fmt: skip
+        for n, _, alpha in points:
+            if alpha == 0 and n in value:
+                ax.axhline(value[n], color="grey", ls="--", label="alpha = 0 (no teacher)")
+        for t in sorted({t for _, t, alpha in points if alpha > 0}):
+            line = sorted((a, value[n]) for n, tt, a in points if tt == t and a > 0 and n in value)
+            ax.plot([a for a, _ in line], [v for _, v in line], marker="o", label=f"T = {t:g}")
+        for n, _, alpha in points:
+            if n == baseline and n in value:
+                ax.scatter(alpha, value[n], s=90, facecolors="none", edgecolors="tab:red",
+                           zorder=3, label="committed run")  # fmt: skip
+        ax.set(xlabel="kd.alpha (weight of the teacher's soft targets)", ylabel=label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("KD grid, 7-way ImageNet Lite0 student (dvc exp kd-*, val)", fontsize=10)
+    save(fig, path)
+    return len(points)
+
+
 def _is_number(value: object) -> bool:
     try:
         float(value)  # type: ignore[arg-type]
@@ -442,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, help="markdown file (default: stdout)")
     r.add_argument("--csv", type=Path, help="a saved `dvc exp show --csv` (default: run it)")
     r.add_argument("--plot", type=Path, help="PNG: the students' int8 accuracy against latency")
+    r.add_argument("--kd-plot", type=Path, help="PNG: the KD grid's val ROC-AUC and ECE")
     m = sub.add_parser("members", help="val figures of the teacher's members and combinations")
     m.add_argument("--members", type=Path, default=Path("data/train_teacher"))
     m.add_argument("--split", type=Path, default=Path("data/split"))
@@ -481,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report(table)
     if args.plot:
         students_plot(table, args.plot)
+    if args.kd_plot:
+        kd_grid_plot(table, args.kd_plot)
     if args.out:
         from pipeline_lib import artifacts
 

@@ -216,3 +216,19 @@ def test_imbalance_rows_show_where_the_operating_point_went():
     assert "| threshold (95% sens.) | specificity (95% sens.) |" in part
     assert "| `student-posweight8` | - | 8.0 | - | 0.910 |" in part
     assert "| 0.054 | 0.627 |" in part and "| 0.112 | 0.656 |" in part
+
+
+def test_kd_grid_plot_draws_every_cell_with_a_val_figure(tmp_path):
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "kd-alpha0", "kd-T1-a0.5", "kd-T2-a0.9", "kd-T1-a0.9", "other"],
+            "rev": ["workspace", "a", "b", "c", "d", "e"],
+            "kd.temperature": [2.0, 2.0, 1.0, 2.0, 1.0, 5.0],
+            "kd.alpha": [0.5, 0.0, 0.5, 0.9, 0.9, 0.5],
+            "metrics/distill.json:val_roc_auc": [0.901, 0.888, 0.899, 0.901, None, 0.5],
+            "metrics/distill.json:val_ece": [0.018, 0.02, 0.019, 0.030, None, 0.1],
+        }
+    )
+    # kd-T1-a0.9 has not finished (no figure) and `other` is not a grid row
+    assert studies.kd_grid_plot(table, tmp_path / "kd.png") == 4
+    assert (tmp_path / "kd.png").stat().st_size > 0
