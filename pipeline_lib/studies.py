@@ -85,6 +85,12 @@ TEACHER_METRICS = {  # a teacher row: that member, the mean teacher, its calibra
     "metrics/calibrate.json:val_ece_after": "teacher val ECE calibrated",
     f"{MEMBER}:train_seconds": "member train (min)",
 }
+EEE4709: Overrides = {  # the report's student and recipe: T = 50, class-balanced sampling
+    "distill.arch": "mobilenetv2_100",
+    **SCRATCH_STUDENT,
+    "kd.temperature": 50.0,
+    "distill.oversample_melanoma": 8.0,
+}
 
 
 STUDIES: dict[str, Study] = {
@@ -169,12 +175,9 @@ STUDIES: dict[str, Study] = {
                 }
                 for t in (1.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
             },
-            "eee4709-mnv2": {
-                "distill.arch": "mobilenetv2_100",
-                **SCRATCH_STUDENT,
-                "kd.temperature": 50.0,
-                "distill.oversample_melanoma": 8.0,
-            },  # fmt: skip
+            "eee4709-mnv2": EEE4709,
+            # the report's single teacher against its averaged one: the better member alone
+            "eee4709-mnv2-single": {**EEE4709, "~teachers.resnet18": None},
         },
         stage="benchmark",  # quantized and benchmarked like the default student
         columns=("distill.arch", "kd.temperature", "distill.oversample_melanoma"),
@@ -234,8 +237,8 @@ def command(name: str, study: Study, queue: bool = True, data_root: str | None =
         argv.insert(3, "--queue")
         if data_root:
             argv += ["-S", f"data.root={data_root}"]
-    for key, value in study.rows[name].items():
-        argv += ["-S", f"{key}={_value(value)}"]
+    for key, value in study.rows[name].items():  # None: dvc's (Hydra's) "remove the key"
+        argv += ["-S", key if value is None else f"{key}={_value(value)}"]
     return argv
 
 

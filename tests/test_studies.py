@@ -28,7 +28,12 @@ def test_every_row_overrides_existing_params_with_values_of_their_type(tmp_path)
         changed = yaml.safe_load((REPO / "params.yaml").read_text())
         sections = set()
         for key, value in study.rows[row].items():
-            if key.startswith("+"):  # dvc's "add a key": a new member or a key of one member
+            if key.startswith("~"):  # dvc's "remove a key": a teacher member
+                section, member = key[1:].split(".")
+                assert section == "teachers" and member in params["teachers"], f"{row}: {key}"
+                assert value is None, f"{row}: {key} removes a key and takes no value"
+                del changed[section][member]
+            elif key.startswith("+"):  # dvc's "add a key": a new member or a key of one member
                 section, member, *name = key[1:].split(".")
                 assert section == "teachers", f"{row}: {key}"
                 if name:
@@ -232,3 +237,10 @@ def test_kd_grid_plot_draws_every_cell_with_a_val_figure(tmp_path):
     # kd-T1-a0.9 has not finished (no figure) and `other` is not a grid row
     assert studies.kd_grid_plot(table, tmp_path / "kd.png") == 4
     assert (tmp_path / "kd.png").stat().st_size > 0
+
+
+def test_a_row_that_removes_a_member_is_a_bare_removal_override():
+    study = studies.STUDIES["students"]
+    run = studies.command("eee4709-mnv2-single", study, queue=False)
+    assert run[run.index("~teachers.resnet18") - 1] == "-S"
+    assert "kd.temperature=50.0" in run and "distill.arch=mobilenetv2_100" in run
