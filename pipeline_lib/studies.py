@@ -99,10 +99,16 @@ STUDIES: dict[str, Study] = {
         {
             "student-posweight8": {"distill.pos_weight": 8.0},
             "student-posweight8-s1": {"distill.pos_weight": 8.0, "distill.seed": 1},
+            "student-seed1": {"distill.seed": 1},  # the default at seed 1: the spread
             "student-focal2": {"distill.loss": "focal", "distill.focal_gamma": 2.0},
             "student-oversample2": {"distill.oversample_melanoma": 2.0},
         },
-        columns=("distill.loss", "distill.pos_weight", "distill.oversample_melanoma"),
+        columns=(
+            "distill.loss",
+            "distill.pos_weight",
+            "distill.oversample_melanoma",
+            "distill.seed",
+        ),
         metrics=OPERATING_METRICS,
     ),
     "teacher_imbalance": Study(

@@ -212,6 +212,7 @@ def test_imbalance_rows_show_where_the_operating_point_went():
             "Experiment": [None, "student-posweight8"],
             "rev": ["workspace", "abc"],
             "distill.pos_weight": [1.0, 8.0],
+            "distill.seed": [0, 0],
             "metrics/distill.json:val_roc_auc": [0.901, 0.910],
             "metrics/distill.json:val_threshold": [0.054, 0.112],
             "metrics/distill.json:val_specificity": [0.627, 0.656],
@@ -219,7 +220,7 @@ def test_imbalance_rows_show_where_the_operating_point_went():
     )
     part = studies.report(table).split("## imbalance")[1].split("## ")[0]
     assert "| threshold (95% sens.) | specificity (95% sens.) |" in part
-    assert "| `student-posweight8` | - | 8.0 | - | 0.910 |" in part
+    assert "| `student-posweight8` | - | 8.0 | - | 0 | 0.910 |" in part
     assert "| 0.054 | 0.627 |" in part and "| 0.112 | 0.656 |" in part
 
 
