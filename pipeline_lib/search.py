@@ -290,6 +290,12 @@ def experiment_name(study_name: str, number: int) -> str:
     return f"{study_name}-trial-{number}"
 
 
+def full_schedule_command(params: config.SearchParams, values: dict[str, Any]) -> list[str]:
+    """``dvc exp run`` of a trial's parameters without ``search.fixed``: the full schedule."""
+    name = f"{params.study_name}-best"
+    return ["dvc", "exp", "run", params.stage, "-n", name, *overrides(values)]
+
+
 def objective(
     params: config.SearchParams, dims: list[Dimension], logs: Path, poll_seconds: float = 2.0
 ) -> Callable:
@@ -408,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     best = study.best_trial
     print(f"\nbest: trial {best.number}, {OBJECTIVE} = {best.value:.4f}, params {best.params}")
     print(f"promote it with:  dvc exp apply {best.user_attrs['experiment']}")
+    rerun = " ".join(full_schedule_command(params, best.params))
+    print(f"or re-run it on the full schedule:  {rerun}")
     return 0
 
 

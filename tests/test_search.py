@@ -107,6 +107,15 @@ def test_overrides_are_exact_yaml_literals():
     ]
 
 
+def test_full_schedule_command_drops_the_fixed_reduced_schedule():
+    command = search.full_schedule_command(PARAMS, {"kd.alpha": 0.25, "distill.batch_size": 32})
+    assert command == [
+        "dvc", "exp", "run", "distill", "-n", "t-best",
+        "-S", "kd.alpha=0.25", "-S", "distill.batch_size=32",
+    ]  # fmt: skip
+    assert "distill.epochs=3" not in command  # search.fixed is the trials' schedule only
+
+
 def test_read_curve_skips_header_and_a_line_still_being_written(tmp_path):
     path = tmp_path / "roc_auc.tsv"
     assert search.read_curve(path) == []
