@@ -290,6 +290,22 @@ def experiment_name(study_name: str, number: int) -> str:
     return f"{study_name}-trial-{number}"
 
 
+def incumbent(dims: list[Dimension], params_file: str | Path) -> dict[str, Any] | None:
+    """The searched keys' current params.yaml values, or None if one lies outside the space.
+
+    A new study runs them first, so the reduced schedule has the default recipe as a yardstick.
+    """
+    values = {}
+    for d in dims:
+        section, _, field = d.key.partition(".")
+        value = getattr(config.load(section, params_file), field)
+        inside = value in d.choices if d.choices is not None else d.low <= value <= d.high
+        if not inside:
+            return None
+        values[d.key] = value
+    return values
+
+
 def full_schedule_command(params: config.SearchParams, values: dict[str, Any]) -> list[str]:
     """``dvc exp run`` of a trial's parameters without ``search.fixed``: the full schedule."""
     name = f"{params.study_name}-best"
@@ -401,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ParamsError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not study.trials:
+        current = incumbent(dims, args.params)
+        if current is None:
+            print("the current params lie outside search.space: no default trial", file=sys.stderr)
+        else:
+            study.enqueue_trial(current, user_attrs={"incumbent": True})
     logs = Path(".dvc/tmp/search")
     logs.mkdir(parents=True, exist_ok=True)
     n_trials = params.trials if args.trials is None else args.trials

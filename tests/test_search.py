@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from pipeline_lib import config, search
 
@@ -105,6 +106,41 @@ def test_overrides_are_exact_yaml_literals():
         "-S",
         "x.y=true",
     ]
+
+
+def test_incumbent_reads_the_searched_keys_from_params(tmp_path):
+    params_file = Path(__file__).parents[1] / "params.yaml"
+    tree = yaml.safe_load(params_file.read_text())
+    dims = search.parse_space(
+        {"kd.alpha": {"low": 0.0, "high": 1.0}, "distill.batch_size": {"choices": [16, 64]}}
+    )
+    assert search.incumbent(dims, params_file) == {
+        "kd.alpha": tree["kd"]["alpha"],
+        "distill.batch_size": tree["distill"]["batch_size"],
+    }
+    outside = search.parse_space({"kd.alpha": {"low": 0.9, "high": 1.0}})
+    assert tree["kd"]["alpha"] < 0.9 and search.incumbent(outside, params_file) is None
+
+
+def test_a_new_study_runs_the_current_params_first(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dvc"
+    fake.write_text(FAKE_DVC.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    params_file = Path(__file__).parents[1] / "params.yaml"
+    tree = yaml.safe_load(params_file.read_text())
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    argv = ["--params", str(params_file), "--trials", "1", "--storage", storage, "--out", "out"]
+    assert search.main(argv) == 0
+    (trial,) = optuna.load_study(study_name=tree["search"]["study_name"], storage=storage).trials
+    assert trial.user_attrs["incumbent"] is True
+    assert trial.params == {
+        key: tree[key.split(".")[0]][key.split(".")[1]] for key in tree["search"]["space"]
+    }
+    assert f"{tree['search']['study_name']}-best" in capsys.readouterr().out
 
 
 def test_full_schedule_command_drops_the_fixed_reduced_schedule():
