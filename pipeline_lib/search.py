@@ -384,7 +384,8 @@ def write_report(study: optuna.Study, out: Path) -> None:
     for filename, plot in plots.items():
         with _quiet_experimental():
             ax = plot(study)
-        ax.set_title(f"{ax.get_title()}: study '{study.study_name}'")
+        loc = "left" if ax.get_title(loc="left") else "center"  # Optuna titles either way
+        ax.set_title(f"{ax.get_title(loc=loc)}: study '{study.study_name}'", loc=loc)
         fig = ax.figure
         fig.set_size_inches(7, 4)
         fig.tight_layout()
