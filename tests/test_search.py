@@ -50,6 +50,17 @@ Path("params.yaml").write_text("changed by the experiment")
 """
 
 
+@pytest.fixture
+def fake_dvc(tmp_path, monkeypatch):
+    """FAKE_DVC first on PATH as `dvc`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dvc"
+    fake.write_text(FAKE_DVC.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
 def test_parse_space_builds_typed_dimensions():
     dims = search.parse_space(
         {
@@ -122,13 +133,7 @@ def test_incumbent_reads_the_searched_keys_from_params(tmp_path):
     assert tree["kd"]["alpha"] < 0.9 and search.incumbent(outside, params_file) is None
 
 
-def test_a_new_study_runs_the_current_params_first(tmp_path, monkeypatch, capsys):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "dvc"
-    fake.write_text(FAKE_DVC.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+def test_a_new_study_runs_the_current_params_first(tmp_path, monkeypatch, capsys, fake_dvc):
     params_file = Path(__file__).parents[1] / "params.yaml"
     tree = yaml.safe_load(params_file.read_text())
     monkeypatch.chdir(tmp_path)
@@ -210,13 +215,9 @@ def test_run_monitored_raises_with_the_output_of_a_failed_command(tmp_path):
         )
 
 
-def test_objective_runs_one_experiment_per_trial_and_prunes_a_worse_one(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "dvc"
-    fake.write_text(FAKE_DVC.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+def test_objective_runs_one_experiment_per_trial_and_prunes_a_worse_one(
+    tmp_path, monkeypatch, fake_dvc
+):
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text("original")
     study = search.make_study(PARAMS, storage="sqlite:///study.db")
