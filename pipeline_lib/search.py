@@ -295,10 +295,11 @@ def incumbent(dims: list[Dimension], params_file: str | Path) -> dict[str, Any] 
 
     A new study runs them first, so the reduced schedule has the default recipe as a yardstick.
     """
+    keys = [d.key.partition(".") for d in dims]
+    sections = {section: config.load(section, params_file) for section, _, _ in keys}
     values = {}
-    for d in dims:
-        section, _, field = d.key.partition(".")
-        value = getattr(config.load(section, params_file), field)
+    for d, (section, _, field) in zip(dims, keys, strict=True):
+        value = getattr(sections[section], field)
         inside = value in d.choices if d.choices is not None else d.low <= value <= d.high
         if not inside:
             return None
@@ -418,15 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ParamsError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not study.trials:
+    n_trials = params.trials if args.trials is None else args.trials
+    if n_trials and not study.trials:
         current = incumbent(dims, args.params)
         if current is None:
             print("the current params lie outside search.space: no default trial", file=sys.stderr)
-        else:
-            study.enqueue_trial(current, user_attrs={"incumbent": True})
+        else:  # a machine that finds it already queued in a new study does not queue it again
+            study.enqueue_trial(current, user_attrs={"incumbent": True}, skip_if_exists=True)
     logs = Path(".dvc/tmp/search")
     logs.mkdir(parents=True, exist_ok=True)
-    n_trials = params.trials if args.trials is None else args.trials
     optuna.logging.set_verbosity(optuna.logging.INFO)
     study.optimize(objective(params, dims, logs), n_trials=n_trials, catch=(SearchError,))
     write_report(study, Path(args.out))

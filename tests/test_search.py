@@ -119,7 +119,7 @@ def test_overrides_are_exact_yaml_literals():
     ]
 
 
-def test_incumbent_reads_the_searched_keys_from_params(tmp_path):
+def test_incumbent_reads_the_searched_keys_from_params():
     params_file = Path(__file__).parents[1] / "params.yaml"
     tree = yaml.safe_load(params_file.read_text())
     dims = search.parse_space(
