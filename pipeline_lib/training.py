@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipeline_lib import augment, distributed, losses, metrics
 from pipeline_lib.config import AugmentParams, TeacherRuntime, TrainParams
 from pipeline_lib.data import MELANOMA_INDEX, melanoma_probability
 from pipeline_lib.inference import OnnxRuntimeModule, predict_logits, resize
+from pipeline_lib.memo import MemoizedTeacher, fingerprint
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class Distillation(Supervised):
             (:class:`inference.OnnxRuntimeModule`, CPU; the same logits to float rounding, a
             distillation epoch about 15% faster on a 2-core CPU); ``auto`` = onnxruntime when
             training on CPU, torch on GPU (where the teacher also gets the loop's bf16 autocast).
+        memo: a SQLite file memoizing the teacher's outputs on the CPU by content
+            (:class:`pipeline_lib.memo.MemoizedTeacher`), shared by every run with the same teacher;
+            ``None`` computes every batch.
     """
 
     def __init__(
@@ -139,8 +144,10 @@ class Distillation(Supervised):
         focal_gamma: float = 2.0,
         teacher_image_size: int | None = None,
         teacher_runtime: TeacherRuntime = "torch",
+        memo: Path | None = None,
     ):
         super().__init__(task, loss, pos_weight, focal_gamma)
+        self.memo, self._placed = memo, False
         self.teacher_image_size = teacher_image_size
         if teacher_runtime not in get_args(TeacherRuntime):
             raise ValueError(
@@ -168,9 +175,13 @@ class Distillation(Supervised):
         return resize(x, self.teacher_image_size)
 
     def to(self, device: torch.device) -> Distillation:
-        if isinstance(self.teacher, OnnxRuntimeModule):
+        if self._placed:
             return self
-        self.teacher = frozen_runner(self.teacher, self.teacher_runtime, device)
+        runner = frozen_runner(self.teacher, self.teacher_runtime, device)
+        if self.memo is not None and device.type == "cpu":
+            runtime = "onnxruntime" if isinstance(runner, OnnxRuntimeModule) else "torch"
+            runner = MemoizedTeacher(runner, fingerprint(self.teacher, runtime), self.memo)
+        self.teacher, self._placed = runner, True
         return self
 
     def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:

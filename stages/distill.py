@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline_lib import artifacts, config, models, runs, training
+from pipeline_lib import artifacts, config, memo, models, runs, training
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         teacher.to(memory_format=torch.channels_last), teacher_meta["task"], params.task,
         params.loss, kd.temperature, kd.alpha, teacher_temperature, params.pos_weight,
         params.focal_gamma, teacher_image_size=teacher_meta["image_size"],
-        teacher_runtime=kd.teacher_runtime,
+        teacher_runtime=kd.teacher_runtime, memo=memo.cache_path(),
     )  # fmt: skip
     extra = {
         "kd_temperature": kd.temperature,

@@ -13,6 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "ham10000"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def teacher_memo(tmp_path_factory):
+    """Stages run by the tests memoize their teachers in a temporary file, not the user's cache."""
+    path = tmp_path_factory.mktemp("memo") / "teacher-outputs.sqlite"
+    before = os.environ.get("MELANOMA_KD_TEACHER_CACHE")
+    os.environ["MELANOMA_KD_TEACHER_CACHE"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["MELANOMA_KD_TEACHER_CACHE"]
+    else:
+        os.environ["MELANOMA_KD_TEACHER_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A synthetic HAM10000 in the compact layout (read-only for tests)."""

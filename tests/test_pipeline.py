@@ -4,6 +4,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -119,9 +120,17 @@ def test_mistyped_param_in_exp_run_fails_loudly(project, repro):
     assert "kd.alpah" in out.stdout + out.stderr
 
 
-def test_documented_ablation_command_runs_verbatim(project, repro):
+def _memo_rows(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM outputs").fetchone()[0]
+
+
+def test_documented_ablation_command_runs_verbatim(project, repro, teacher_memo):
+    computed = _memo_rows(teacher_memo)  # the teacher's outputs of the repro's distill stage
     out = _run(["dvc", "exp", "run", "-S", "kd.alpha=0.9"], project)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # Same seed, data and augmentation: the sweep asks the teacher nothing new.
+    assert computed > 0 and _memo_rows(teacher_memo) == computed
     assert "Running stage 'distill'" in out.stdout
     assert "Running stage 'train_teacher'" not in out.stdout  # the teacher is not retrained
     shown = _run(["dvc", "exp", "show", "--csv"], project)
