@@ -360,6 +360,32 @@ def kd_grid_plot(table: pd.DataFrame, path: str | Path, baseline: str = "workspa
     return len(points)
 
 
+def temperature_plot(table: pd.DataFrame, path: str | Path, prefix: str = "dsnet-T") -> int:
+    """Val ROC-AUC of the float student and of its int8 ``.pte`` against the KD temperature
+    (log scale) for the rows named ``<prefix><T>`` (the DSNet paper's sweep); returns the
+    temperatures drawn."""
+    from pipeline_lib.plotting import plt, save
+
+    named = _named(table)
+    auc = "metrics/distill.json:val_roc_auc"
+    points = sorted(
+        (float(named.loc[n, "kd.temperature"]), float(named.loc[n, auc]), named.loc[n].get(INT8_AUC))
+        for n in named.index
+        if str(n).startswith(prefix) and _is_number(named.loc[n].get(auc))
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([t for t, _, _ in points], [a for _, a, _ in points], marker="o", label="float")
+    int8 = [(t, float(q)) for t, _, q in points if _is_number(q)]
+    ax.plot([t for t, _ in int8], [q for _, q in int8], marker="s", ls="--", label="int8 .pte")
+    ax.set_xscale("log")
+    ax.set_xticks([t for t, _, _ in points], [f"{t:g}" for t, _, _ in points])
+    ax.set(xlabel="kd.temperature", ylabel="val ROC-AUC (best epoch)",
+           title=f"Temperature sweep (dvc exp {prefix}*, val)")  # fmt: skip
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return len(points)
+
+
 def _is_number(value: object) -> bool:
     try:
         float(value)  # type: ignore[arg-type]
@@ -487,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--csv", type=Path, help="a saved `dvc exp show --csv` (default: run it)")
     r.add_argument("--plot", type=Path, help="PNG: the students' int8 accuracy against latency")
     r.add_argument("--kd-plot", type=Path, help="PNG: the KD grid's val ROC-AUC and ECE")
+    r.add_argument("--temperature-plot", type=Path, help="PNG: the DSNet sweep against T")
     m = sub.add_parser("members", help="val figures of the teacher's members and combinations")
     m.add_argument("--members", type=Path, default=Path("data/train_teacher"))
     m.add_argument("--split", type=Path, default=Path("data/split"))
@@ -528,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         students_plot(table, args.plot)
     if args.kd_plot:
         kd_grid_plot(table, args.kd_plot)
+    if args.temperature_plot:
+        temperature_plot(table, args.temperature_plot)
     if args.out:
         from pipeline_lib import artifacts
 

@@ -206,6 +206,33 @@ def test_students_plot_draws_each_row_with_both_figures(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
+def test_temperature_plot_draws_each_finished_row_of_the_sweep(tmp_path, monkeypatch):
+    from pipeline_lib import plotting
+
+    table = pd.DataFrame(
+        {
+            "Experiment": [None, "dsnet-T10", "dsnet-T1", "dsnet-T50", "student-mnv3"],
+            "rev": ["workspace", "a", "b", "c", "d"],
+            "kd.temperature": [2.0, 10.0, 1.0, 50.0, 2.0],
+            "metrics/distill.json:val_roc_auc": [0.901, 0.883, 0.870, None, 0.882],
+            "int8_pte.val_roc_auc": [0.897, 0.882, None, None, 0.878],
+        }
+    )
+    drawn = {}
+    original = plotting.plt.Axes.plot
+
+    def spy(ax, x, y, *args, **kwargs):
+        drawn[kwargs.get("label")] = (list(x), list(y))
+        return original(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plotting.plt.Axes, "plot", spy)
+    # dsnet-T50 has not finished; the committed run and student-mnv3 are not sweep rows
+    assert studies.temperature_plot(table, tmp_path / "t.png") == 2
+    assert drawn["float"] == ([1.0, 10.0], [0.870, 0.883])
+    assert drawn["int8 .pte"] == ([10.0], [0.882])
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
 def test_imbalance_rows_show_where_the_operating_point_went():
     table = pd.DataFrame(
         {
