@@ -56,13 +56,17 @@ class MemoizedTeacher(nn.Module):
         runner: what computes a miss; its float32 output is stored and returned.
         key: :func:`fingerprint` of the teacher and its runtime.
         path: the SQLite file, created on the first call.
+        autocast_free: the runner computes in float32 whatever autocast is active (ONNX
+            Runtime), so a bf16 student and a float32 one share entries; otherwise the CPU
+            autocast state is part of each entry's key.
 
-    Inputs on a GPU, or under an autocast the key does not name, pass straight through.
+    Inputs on a GPU pass straight through.
     """
 
-    def __init__(self, runner: nn.Module, key: bytes, path: Path):
+    def __init__(self, runner: nn.Module, key: bytes, path: Path, autocast_free: bool = False):
         super().__init__()
         self.runner, self.key, self.path = runner, key, Path(path)
+        self.autocast_free = autocast_free
         self._db: sqlite3.Connection | None = None
         self.hits = self.misses = 0
 
@@ -80,7 +84,7 @@ class MemoizedTeacher(nn.Module):
     def _input_key(self, x: torch.Tensor) -> bytes:
         autocast = (
             f"autocast {torch.get_autocast_dtype('cpu')}"
-            if torch.is_autocast_enabled("cpu")
+            if torch.is_autocast_enabled("cpu") and not self.autocast_free
             else "float32"
         )
         h = hashlib.blake2b(self.key, digest_size=32)

@@ -179,8 +179,9 @@ class Distillation(Supervised):
             return self
         runner = frozen_runner(self.teacher, self.teacher_runtime, device)
         if self.memo is not None and device.type == "cpu":
-            runtime = "onnxruntime" if isinstance(runner, OnnxRuntimeModule) else "torch"
-            runner = MemoizedTeacher(runner, fingerprint(self.teacher, runtime), self.memo)
+            ort = isinstance(runner, OnnxRuntimeModule)
+            key = fingerprint(self.teacher, "onnxruntime" if ort else "torch")
+            runner = MemoizedTeacher(runner, key, self.memo, autocast_free=ort)
         self.teacher, self._placed = runner, True
         return self
 

@@ -108,7 +108,21 @@ def test_distillation_places_the_memo_in_front_of_its_runtime(tmp_path, runtime)
         teacher, "dx", "dx", "ce", 2.0, 0.5, teacher_runtime=runtime, memo=tmp_path / "c.sqlite"
     ).to(torch.device("cpu"))
     assert isinstance(obj.teacher, memo.MemoizedTeacher)
-    assert isinstance(obj.teacher.runner, OnnxRuntimeModule) == (runtime == "onnxruntime")
+    ort = runtime == "onnxruntime"
+    assert isinstance(obj.teacher.runner, OnnxRuntimeModule) == ort
+    x = _x(0)
+    obj.teacher(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 student's loop
+        under_bf16 = obj.teacher(x)
+    # ONNX Runtime computes float32 under autocast too: a bf16 student reuses a float32 one's
+    # entries; PyTorch computes in bf16 there, another entry.
+    assert (obj.teacher.hits, obj.teacher.misses) == ((1, 1) if ort else (0, 2))
+    with torch.no_grad():
+        if ort:
+            torch.testing.assert_close(under_bf16, teacher(x), rtol=1e-4, atol=1e-5)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(under_bf16, teacher(x).float())
     assert obj.to(torch.device("cpu")).teacher is obj.teacher  # placed once
     plain = training.Distillation(teacher, "dx", "dx", "ce", 2.0, 0.5, teacher_runtime=runtime)
     assert not isinstance(plain.to(torch.device("cpu")).teacher, memo.MemoizedTeacher)
