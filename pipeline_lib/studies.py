@@ -360,10 +360,13 @@ def kd_grid_plot(table: pd.DataFrame, path: str | Path, baseline: str = "workspa
     return len(points)
 
 
-def temperature_plot(table: pd.DataFrame, path: str | Path, prefix: str = "dsnet-T") -> int:
+def temperature_plot(
+    table: pd.DataFrame, path: str | Path, prefix: str = "dsnet-T", spread: float = 0.006
+) -> int:
     """Val ROC-AUC of the float student and of its int8 ``.pte`` against the KD temperature
-    (log scale) for the rows named ``<prefix><T>`` (the DSNet paper's sweep); returns the
-    temperatures drawn."""
+    (log scale) for the rows named ``<prefix><T>`` (the DSNet paper's sweep), over a band of
+    +-``spread`` (two runs of one setting, docs/experiments.md) around the float rows' median;
+    returns the temperatures drawn."""
     from pipeline_lib.plotting import plt, save
 
     named = _named(table)
@@ -374,6 +377,10 @@ def temperature_plot(table: pd.DataFrame, path: str | Path, prefix: str = "dsnet
         if str(n).startswith(prefix) and _is_number(named.loc[n].get(auc))
     )  # fmt: skip
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if points:
+        mid = float(np.median([a for _, a, _ in points]))
+        ax.axhspan(mid - spread, mid + spread, color="grey", alpha=0.15,
+                   label=f"run-to-run spread (+-{spread:g})")  # fmt: skip
     ax.plot([t for t, _, _ in points], [a for _, a, _ in points], marker="o", label="float")
     int8 = [(t, float(q)) for t, _, q in points if _is_number(q)]
     ax.plot([t for t, _ in int8], [q for _, q in int8], marker="s", ls="--", label="int8 .pte")
