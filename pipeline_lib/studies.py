@@ -184,6 +184,12 @@ STUDIES: dict[str, Study] = {
             "eee4709-mnv2": EEE4709,
             # the report's single teacher against its averaged one: the better member alone
             "eee4709-mnv2-single": {**EEE4709, "~teachers.resnet18": None},
+            # the control of that row: the same single teacher at the default T = 2
+            "eee4709-mnv2-single-T2": {
+                **EEE4709,
+                "~teachers.resnet18": None,
+                "kd.temperature": 2.0,
+            },
         },
         stage="benchmark",  # quantized and benchmarked like the default student
         columns=("distill.arch", "kd.temperature", "distill.oversample_melanoma"),
