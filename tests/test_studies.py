@@ -206,6 +206,27 @@ def test_students_plot_draws_each_row_with_both_figures(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
+def test_label_groups_give_a_sweep_one_label_and_keep_distinct_points_apart():
+    points = [
+        ("workspace", 2.40, 0.897),
+        ("dsnet-T1", 0.85, 0.884),
+        ("mnv2", 1.19, 0.883),
+        ("dsnet-T10", 0.86, 0.882),  # within 0.1 ms and 0.006 of dsnet-T1
+        ("dsnet-T50", 0.85, 0.887),
+        ("far", 0.85, 0.870),  # same latency, beyond the spread
+        ("near-baseline", 2.40, 0.896),  # never joins the committed student
+    ]
+    groups = studies.label_groups(points, "workspace")
+    assert [names for _, _, names in groups] == [
+        ["workspace"],
+        ["dsnet-T1", "dsnet-T10", "dsnet-T50"],
+        ["mnv2"],
+        ["far"],
+        ["near-baseline"],
+    ]
+    assert groups[1][:2] == (0.85, 0.887)  # labelled at the group's highest point
+
+
 def test_temperature_plot_draws_each_finished_row_of_the_sweep(tmp_path, monkeypatch):
     from pipeline_lib import plotting
 
