@@ -343,12 +343,14 @@ def qat_recipe(recipe: TrainParams, task: str, params: QuantizeParams) -> TrainP
     """The student's recipe for QAT: ``qat_epochs`` at ``qat_lr``, no warm-up, no early stop.
 
     Mixup/CutMix and weight EMA are switched off whatever the student used: QAT is a short
-    fine-tune of fake-quantized weights from an already trained model.
+    fine-tune of fake-quantized weights from an already trained model. It runs in float32
+    even for a student trained under bf16 autocast: torchao's fused fake-quantize op has no
+    bf16 kernel, and the int8 grid it simulates is coarser than bf16 anyway.
     """
     return dataclasses.replace(
         recipe, task=task, epochs=params.qat_epochs, lr=params.qat_lr,
         warmup_epochs=0.0, patience=params.qat_epochs, seed=params.seed,
-        ema_decay=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
+        ema_decay=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, bf16=False,
     )  # fmt: skip
 
 

@@ -198,7 +198,7 @@ def test_qat_fine_tunes_and_lowers_to_int8(student, prepared, tmp_path):
     images, table = prepared.images[:64], prepared.table.iloc[:64]
     converted, fit = quantization.qat_int8(
         student, images, _targets(table), prepared.images, prepared.table["label"].to_numpy(),
-        _recipe(), AUG, params, ece_bins=10,
+        _recipe(bf16=True), AUG, params, ece_bins=10,  # the default student trains under bf16
     )  # fmt: skip
     assert fit.best_epoch == 1 and len(fit.history) == 1
     report = quantization.write_pte(quantization.export(converted, SIZE), tmp_path / "qat.pte")
@@ -215,6 +215,7 @@ def test_qat_recipe_keeps_the_students_augmentation_but_not_mixing_or_ema():
     params = config.load("quantize", REPO / "params.yaml")
     qat = quantization.qat_recipe(student_recipe, "binary", params)
     assert (qat.mixup_alpha, qat.cutmix_alpha, qat.ema_decay) == (0.0, 0.0, 0.0)
+    assert not quantization.qat_recipe(_recipe(bf16=True), "binary", params).bf16
     assert (qat.epochs, qat.lr, qat.warmup_epochs) == (params.qat_epochs, params.qat_lr, 0.0)
     assert (qat.loss, qat.batch_size, qat.image_size) == (
         "focal",
