@@ -345,7 +345,7 @@ def qat_recipe(recipe: TrainParams, task: str, params: QuantizeParams) -> TrainP
     Mixup/CutMix and weight EMA are switched off whatever the student used: QAT is a short
     fine-tune of fake-quantized weights from an already trained model. It runs in float32
     even for a student trained under bf16 autocast: torchao's fused fake-quantize op has no
-    bf16 kernel, and the int8 grid it simulates is coarser than bf16 anyway.
+    bf16 kernel.
     """
     return dataclasses.replace(
         recipe, task=task, epochs=params.qat_epochs, lr=params.qat_lr,

@@ -93,6 +93,10 @@ EEE4709: Overrides = {  # the report's student and recipe: T = 50, class-balance
 }
 
 
+# How far two runs of one setting differ in val ROC-AUC (docs/experiments.md): the band a row
+# must leave to count, shaded and grouped by the plots below.
+RUN_TO_RUN_SPREAD = 0.006
+
 STUDIES: dict[str, Study] = {
     "imbalance": Study(
         "Class imbalance on the student: weighted loss, focal loss, oversampling (default: none)",
@@ -308,7 +312,7 @@ def label_groups(
     points: list[tuple[str, float, float]],
     baseline: str,
     ms_tol: float = 0.1,
-    auc_tol: float = 0.006,
+    auc_tol: float = RUN_TO_RUN_SPREAD,
 ) -> list[tuple[float, float, list[str]]]:
     """Points that one label can stand for: each (name, latency ms, ROC-AUC) joins the first
     group whose first point lies within ``ms_tol`` and ``auc_tol`` (the run-to-run spread) of
@@ -395,7 +399,10 @@ def kd_grid_plot(table: pd.DataFrame, path: str | Path, baseline: str = "workspa
 
 
 def temperature_plot(
-    table: pd.DataFrame, path: str | Path, prefix: str = "dsnet-T", spread: float = 0.006
+    table: pd.DataFrame,
+    path: str | Path,
+    prefix: str = "dsnet-T",
+    spread: float = RUN_TO_RUN_SPREAD,
 ) -> int:
     """Val ROC-AUC of the float student and of its int8 ``.pte`` against the KD temperature
     (log scale) for the rows named ``<prefix><T>`` (the DSNet paper's sweep), over a band of
