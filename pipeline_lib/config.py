@@ -240,6 +240,7 @@ class QuantizeParams:
     max_ece_change: float  # int8 val ECE change that triggers QAT
     qat_epochs: int
     qat_lr: float
+    recalibrate: bool  # Platt scaling of p(melanoma), fitted on val, built into each int8 file
 
 
 @dataclass(frozen=True)

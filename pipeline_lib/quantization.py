@@ -40,12 +40,13 @@ from torch import nn
 from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-from pipeline_lib import artifacts, data, inference, metrics, models, runtime, training
+from pipeline_lib import artifacts, calibration, data, inference, metrics, models, runtime, training
 from pipeline_lib.config import AugmentParams, QuantizeParams, TrainParams
 
 # Largest batch an exported program accepts. ExecuTorch plans its input buffer for this bound
 # (64 x 3 x 128 x 128 float32 = 12.6 MB), so a larger bound costs phone RAM for nothing.
 MAX_BATCH = 64
+NUM_DX_OUTPUTS = len(data.DX_CODES)
 _TRAIN_MAX_BATCH = 1024  # QAT graphs are trained and scored in Python, never lowered as is
 FILES = {  # stable names: evaluate, benchmark and dvc.yaml's artifacts refer to them
     "fp32_pte": "student_fp32.pte",
@@ -74,8 +75,8 @@ def export(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
     The example batch is the upper bound itself: lowered to XNNPACK from an example of 2
     images, ExecuTorch 1.5.1 planned the input for 15 images and refused more (measured).
     """
-    if not isinstance(model, torch.fx.GraphModule):  # exported modules refuse .eval()
-        model = model.eval()
+    if not any(isinstance(m, torch.fx.GraphModule) for m in model.modules()):
+        model = model.eval()  # exported modules (int8 graphs) refuse .eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     return torch.export.export(model, (_example(image_size),), dynamic_shapes=({0: batch},))
 
@@ -268,6 +269,39 @@ def write_onnx_fp16(float_path: str | Path, path: str | Path) -> None:
         onnx.save(model, str(tmp))
 
 
+def append_to_onnx_output(path: str | Path, tail: nn.Module, tag: str) -> None:
+    """Run ``tail`` (logits in, logits out) on the output of the ONNX model at ``path``.
+
+    ``tail`` is exported to ONNX on its own and joined after the model's last node
+    (``onnx.compose.merge_models``), in float: the int8 part is untouched. The output keeps its
+    name; the nodes of ``tail`` are prefixed with ``tag``. Rewrites ``path`` in place.
+    """
+    base = onnx.load(str(path))
+    output = base.graph.output[0].name
+    rank = len(base.graph.output[0].type.tensor_type.shape.dim)
+    before = f"{output}_before_{tag}"
+    for node in base.graph.node:
+        node.output[:] = [before if o == output else o for o in node.output]
+    base.graph.output[0].name = before
+    example = torch.zeros((2, NUM_DX_OUTPUTS) if rank == 2 else (2,))
+    with tempfile.TemporaryDirectory() as tmp:
+        tail_path = Path(tmp) / "tail.onnx"
+        torch.onnx.export(
+            tail.eval(), (example,), str(tail_path), input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+        tail_model = onnx.load(str(tail_path))
+    tail_model.ir_version = base.ir_version
+    tail_model = onnx.compose.add_prefix(tail_model, f"{tag}/")
+    merged = onnx.compose.merge_models(base, tail_model, io_map=[(before, f"{tag}/x")])
+    for node in merged.graph.node:
+        node.output[:] = [output if o == f"{tag}/y" else o for o in node.output]
+    merged.graph.output[0].name = output
+    onnx.checker.check_model(merged)
+    with artifacts.atomic_path(path) as tmp:
+        onnx.save(merged, str(tmp))
+
+
 _INT8_ONNX_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 _FLOAT_ONNX_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
@@ -419,6 +453,29 @@ def score_export(
     }
 
 
+def platt_fit(path: Path, val: data.Prepared, task: str, ece_bins: int, seed: int) -> dict:
+    """Platt scaling of an export's melanoma log-odds, fitted on its val logits.
+
+    Returns the slope and intercept, the val ECE before, in sample after, and cross-fitted
+    (:func:`calibration.cross_fitted_platt`: the estimate for unseen images), and ``applied``:
+    ``False`` when the slope is not positive (the scaling would reverse the ranking), in which
+    case the file is left as it is.
+    """
+    labels = val.table["label"].to_numpy()
+    logits = runtime.Predictor.load(path).logits(val.images)
+    slope, intercept = calibration.fit_platt(logits, labels, task)
+    after = calibration.MelanomaPlatt(slope, intercept, task)(torch.from_numpy(logits)).numpy()
+    cross = calibration.cross_fitted_platt(logits, labels, task, seed=seed)
+    return {
+        "applied": slope > 0,
+        "slope": slope,
+        "intercept": intercept,
+        "val_ece_before": metrics.ece(labels, data.melanoma_probability(logits, task), ece_bins),
+        "val_ece_in_sample": metrics.ece(labels, data.melanoma_probability(after, task), ece_bins),
+        "val_ece_cross_fitted": metrics.ece(labels, cross, ece_bins),
+    }
+
+
 # What ``metrics/quantize.json`` keeps of the stage's report (:func:`summary`).
 SUMMARY_FILES = ("int8_pte", "int8_onnx")
 SUMMARY_FIGURES = (
@@ -426,11 +483,15 @@ SUMMARY_FIGURES = (
 )  # fmt: skip
 
 
+RECALIBRATION_FIGURES = ("val_ece_before", "val_ece_cross_fitted")
+
+
 def summary(report: dict) -> dict:
     """The figures a reviewer compares across runs (``dvc metrics diff``): ``quantize.json``.
 
     The float student's val ROC-AUC, ECE and size; each int8 file's size, val ROC-AUC and ECE,
-    their change from the float student and whether that is within the bounds; and whether
+    their change from the float student and whether that is within the bounds (after Platt
+    scaling where it ran, with the val ECE before it and its cross-fitted estimate); and whether
     QAT was triggered and used (``qat.used``: the int8 ``.pte`` is the QAT one, else
     post-training). Every figure keeps its key path and value from ``report``
     (:func:`quantize_student`'s: every file, ops reports, QAT detail, export times), so the
@@ -440,6 +501,9 @@ def summary(report: dict) -> dict:
     for name in SUMMARY_FILES:
         if name in report:
             out[name] = {k: report[name][k] for k in SUMMARY_FIGURES}
+            if "recalibration" in report[name]:
+                fit = report[name]["recalibration"]
+                out[name]["recalibration"] = {k: fit[k] for k in RECALIBRATION_FIGURES}
     out["qat"] = {k: report["qat"][k] for k in ("triggered", "used")}
     return out
 
@@ -460,7 +524,9 @@ def quantize_student(
     Writes :data:`FILES` under ``out``: float and post-training int8 ExecuTorch programs, float,
     int8 and fp16 ONNX. When the int8 program leaves the bounds of ``params`` on val
     (:func:`degradation`) and ``qat_epochs > 0``, a QAT fine-tune (:func:`qat_int8`) replaces it
-    if it does better (:func:`better`).
+    if it does better (:func:`better`). Then, with ``params.recalibrate``, each int8 file gets
+    Platt scaling of its melanoma log-odds, fitted on its own val logits (:func:`platt_fit`)
+    and run in float after its last int8 layer; its val figures are scored again.
 
     Args:
         checkpoint: the float student's ``model.pt``.
@@ -475,7 +541,7 @@ def quantize_student(
     model, meta = models.load_checkpoint(checkpoint)
     task, size = meta["task"], meta["image_size"]
     labels = val.table["label"].to_numpy()
-    calibration = calibration_inputs(train.images, size, params.calibration_images, params.seed)
+    calibration_set = calibration_inputs(train.images, size, params.calibration_images, params.seed)
     ref_logits = inference.predict_logits(model, val.images, size)
     reference = val_metrics(ref_logits, labels, task, ece_bins)
     paths = {k: Path(out) / v for k, v in FILES.items()}
@@ -485,11 +551,12 @@ def quantize_student(
     ops["fp32_pte"] = write_pte(export(model, size), paths["fp32_pte"])
     seconds["fp32_pte"] = time.perf_counter() - began
     began = time.perf_counter()
-    ops["int8_pte"] = write_pte(export(ptq_int8(model, calibration), size), paths["int8_pte"])
+    int8_graph = ptq_int8(model, calibration_set)
+    ops["int8_pte"] = write_pte(export(int8_graph, size), paths["int8_pte"])
     seconds["int8_pte"] = time.perf_counter() - began
     began = time.perf_counter()
     write_onnx(model, size, paths["fp32_onnx"])
-    onnx_bias = write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    onnx_bias = write_onnx_int8(paths["fp32_onnx"], paths["int8_onnx"], calibration_set)
     write_onnx_fp16(paths["fp32_onnx"], paths["fp16_onnx"])
     seconds["onnx"] = time.perf_counter() - began
     for name in ("fp32_onnx", "int8_onnx", "fp16_onnx"):
@@ -518,6 +585,7 @@ def quantize_student(
         qat |= {"ptq": results["int8_pte"], "qat": qat_result, "best_epoch": fit.best_epoch}
         qat["used"] = better(qat_result, results["int8_pte"])
         if qat["used"]:
+            int8_graph = converted
             os.replace(candidate, paths["int8_pte"])
             results["int8_pte"] = qat_result | {"file": FILES["int8_pte"]}
             ops["int8_pte"] = qat_ops
@@ -525,13 +593,29 @@ def quantize_student(
             candidate.unlink()
         qat["seconds"] = time.perf_counter() - began
 
+    if params.recalibrate:
+        began = time.perf_counter()
+        for name in SUMMARY_FILES:
+            fit = platt_fit(paths[name], val, task, ece_bins, params.seed)
+            if fit["applied"]:
+                platt = calibration.MelanomaPlatt(fit["slope"], fit["intercept"], task)
+                if name == "int8_pte":
+                    graph = nn.Sequential(int8_graph, platt)
+                    ops[name] = write_pte(export(graph, size), paths[name])
+                else:
+                    append_to_onnx_output(paths[name], platt, "platt")
+                    ops[name] = onnx_ops_report(paths[name])
+                results[name] = score_export(paths[name], val, ref_logits, task, params, ece_bins)
+            results[name]["recalibration"] = fit
+        seconds["recalibration"] = time.perf_counter() - began
+
     for name in results:
         results[name]["ops"] = ops[name]
     results["int8_onnx"]["output_bias_correction"] = onnx_bias
     return {
         "task": task,
         "image_size": size,
-        "calibration_images": len(calibration),
+        "calibration_images": len(calibration_set),
         "float_pytorch": reference | {"size_mb": runtime.size_mb(checkpoint)},
         **results,
         "qat": qat,
