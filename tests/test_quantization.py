@@ -1,15 +1,27 @@
 """Exports, int8 quantization and the runner, on a tiny student at 32 px."""
 
 import dataclasses
+import shutil
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import REPO
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pipeline_lib import config, inference, models, quantization, runtime, training
+from pipeline_lib import (
+    calibration,
+    config,
+    data,
+    inference,
+    metrics,
+    models,
+    quantization,
+    runtime,
+    training,
+)
 
 SIZE = 32
 FILES = {
@@ -157,6 +169,56 @@ def test_onnx_int8_output_bias_correction_removes_the_mean_error(exported, prepa
     np.testing.assert_allclose(out["corrected"], out["raw"] + expected, atol=1e-5)
     assert abs((out["corrected"] - out["float"]).mean()) < 1e-4
     assert quantization.onnx_ops_report(paths["int8_onnx"])["runtime"]["float_conv_gemm"] == 0
+
+
+def test_platt_scaling_runs_inside_the_int8_files(student, exported, prepared, tmp_path):
+    """The recalibrated int8 files give the plain int8 files' logits through the Platt map."""
+    paths = exported[0]
+    platt = calibration.MelanomaPlatt(1.3, 0.9, "binary")
+    calibration_set = quantization.calibration_inputs(prepared.images, SIZE, 48, seed=0)
+    graph = torch.nn.Sequential(quantization.ptq_int8(student, calibration_set), platt)
+    report = quantization.write_pte(quantization.export(graph, SIZE), tmp_path / "platt.pte")
+    assert report["conv_linear_int8_delegated"] == CONV_LINEAR  # the int8 part is untouched
+    shutil.copy(paths["int8_onnx"], tmp_path / "platt.onnx")
+    quantization.append_to_onnx_output(tmp_path / "platt.onnx", platt, "platt")
+    assert [o.name for o in onnx.load(tmp_path / "platt.onnx").graph.output] == ["logits"]
+    assert quantization.onnx_ops_report(tmp_path / "platt.onnx")["runtime"]["float_conv_gemm"] == 0
+    for name in ("pte", "onnx"):
+        plain = runtime.Predictor.load(paths[f"int8_{name}"]).logits(prepared.images)
+        scaled = runtime.Predictor.load(tmp_path / f"platt.{name}").logits(prepared.images)
+        np.testing.assert_allclose(scaled, 1.3 * plain + 0.9, atol=1e-4)
+
+
+def test_platt_scaling_of_a_dx_model_in_onnx(tmp_path):
+    model = models.create("dsnet_tiny", task="dx").eval()
+    platt = calibration.MelanomaPlatt(1.5, -0.5, "dx")
+    x = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    quantization.write_onnx(model, SIZE, tmp_path / "dx.onnx")
+    quantization.append_to_onnx_output(tmp_path / "dx.onnx", platt, "platt")
+    with torch.no_grad():
+        expected = platt(model(x)).numpy()
+    got = runtime.Predictor.load(tmp_path / "dx.onnx").run(x.numpy())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_platt_fit_of_an_export_and_its_refusal_of_a_reversed_one(exported, prepared):
+    path = exported[0]["int8_onnx"]
+    labels = prepared.table["label"].to_numpy()
+    logits = runtime.Predictor.load(path).logits(prepared.images)
+    fit = quantization.platt_fit(path, prepared, "binary", ece_bins=10, seed=0)
+    assert fit["applied"]
+    assert (fit["slope"], fit["intercept"]) == pytest.approx(
+        calibration.fit_platt(logits, labels, "binary")
+    )
+    assert fit["val_ece_before"] == pytest.approx(
+        metrics.ece(labels, 1 / (1 + np.exp(-logits)), 10)
+    )
+    assert fit["val_ece_in_sample"] <= fit["val_ece_before"]
+    reversed_labels = prepared.table.assign(label=1 - labels)
+    flipped = quantization.platt_fit(
+        path, data.Prepared(prepared.images, reversed_labels), "binary", ece_bins=10, seed=0
+    )
+    assert flipped["slope"] < 0 and not flipped["applied"]
 
 
 def test_onnx_float_and_fp16_reports(exported):
