@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import logsumexp
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from pipeline_lib import data
+
+# scikit-learn is imported inside the Platt functions: `melanoma-kd predict` imports this
+# module for the temperature and must start fast.
 
 
 def nll(logits, targets, task: str, temperature: float = 1.0) -> float:
@@ -72,11 +72,13 @@ def melanoma_log_odds(logits, task: str) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     if task == "binary":
         return z
-    others = np.delete(z, data.MELANOMA_INDEX, axis=1)
-    return z[:, data.MELANOMA_INDEX] - logsumexp(others, axis=1)
+    others = torch.from_numpy(np.delete(z, data.MELANOMA_INDEX, axis=1))
+    return z[:, data.MELANOMA_INDEX] - torch.logsumexp(others, dim=1).numpy()
 
 
-def _platt_model() -> LogisticRegression:
+def _platt_model():
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=np.inf)  # two parameters, unpenalised: maximum likelihood
 
 
@@ -97,6 +99,8 @@ def cross_fitted_platt(logits, labels, task: str, folds: int = 5, seed: int = 0)
     The ECE of these probabilities estimates the calibration Platt scaling gives on unseen
     images; the ECE of an in-sample fit is optimistic.
     """
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     x = melanoma_log_odds(logits, task)[:, None]
     return cross_val_predict(_platt_model(), x, np.asarray(labels), cv=cv, method="predict_proba")[

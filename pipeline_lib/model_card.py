@@ -224,12 +224,20 @@ def _data(r: dict) -> list[str]:
     return lines + _table(["split", "images", "lesions", "melanomas", "melanoma share"], rows)
 
 
-def _operating_points(points: dict[str, ModelOperatingPoint]) -> list[str]:
+def _operating_points(points: dict[str, ModelOperatingPoint], calibrated: frozenset) -> list[str]:
     op = next(iter(points.values()))
+    fixed = [f"`{n}`" for n in points if n in calibrated]
+    temperature = "its own temperature (fitted on its val logits)"
+    if fixed:
+        files = "whose files carry" if len(fixed) > 1 else "whose file carries"
+        temperature += (
+            f", except {' and '.join(fixed)}, {files} Platt scaling of p(melanoma) fitted on "
+            "val (the quantize stage) and keep temperature 1,"
+        )
     lines = [
         "## Operating point (chosen on the validation split)",
         "",
-        f"Each file gets its own temperature (fitted on its val logits) and threshold: the "
+        f"Each file gets {temperature} and a threshold: the "
         f"highest one whose val sensitivity reaches {op.target_sensitivity:.0%} "
         f"({op.n_val:,} val images, {op.n_val_melanoma} melanomas). `melanoma-kd predict` and "
         "the web page print the calibrated probability and call a photo melanoma-suspicious "
@@ -247,7 +255,9 @@ def _operating_points(points: dict[str, ModelOperatingPoint]) -> list[str]:
     )
 
 
-def _test(points: dict[str, ModelOperatingPoint], evaluate: dict) -> list[str]:
+def _test(
+    points: dict[str, ModelOperatingPoint], evaluate: dict, calibrated: frozenset
+) -> list[str]:
     shown = {
         evaluate["best_baseline_by_val"]: "best baseline (by val)",
         "teacher_calibrated": "teacher, calibrated",
@@ -272,11 +282,20 @@ def _test(points: dict[str, ModelOperatingPoint], evaluate: dict) -> list[str]:
         )  # fmt: skip
     header = ["model", "ROC-AUC", "PR-AUC", "ECE", "sensitivity", "specificity", "precision"]
     lines += _table(header, rows)
-    lines += [
-        "The exported students' ECE here is before their own temperature (which `predict` "
-        "applies); their val ECE after it is in the operating-point table.",
-        "",
-    ]
+    fitted = [n for n in points if n != "float" and n not in calibrated]
+    if fitted:
+        lines += [
+            f"The ECE of {', '.join(f'`{n}`' for n in fitted)} here is before its own "
+            "temperature (which `predict` applies); the val ECE after it is in the "
+            "operating-point table.",
+            "",
+        ]
+    if len(fitted) < len(points) - 1:
+        lines += [
+            "The int8 files' ECE here is that of the probabilities they output: their Platt "
+            "scaling is part of the file, and `predict` shows them as they are.",
+            "",
+        ]
     paired = evaluate.get("paired_teacher_vs_student", {})
     for name in points:
         d = paired.get(EVALUATE_NAMES[name])
@@ -432,8 +451,8 @@ def markdown(
         *_model(points, reports),
         *_intended_use(),
         *_data(reports),
-        *_operating_points(points),
-        *_test(points, evaluate),
+        *_operating_points(points, recalibrated(reports["quantize"])),
+        *_test(points, evaluate, recalibrated(reports["quantize"])),
         *_subgroups(evaluate),
         *shift,
         *_limits(points, evaluate, worst),
@@ -449,6 +468,7 @@ def choose_points(
     target_sensitivity: float,
     ece_bins: int,
     threads: int | None = None,
+    calibrated: frozenset[str] = frozenset(),
 ) -> dict[str, ModelOperatingPoint]:
     """The operating point of the float student and of each export, chosen on val.
 
@@ -457,6 +477,8 @@ def choose_points(
         exported: exported students (``.pte``, ``.onnx``) by ``melanoma-kd --model`` name,
             each scored on ``val`` in its own runtime.
         threads: intra-op threads of the exports' runtimes (as the evaluate stage scores them).
+        calibrated: exports whose file already carries a calibration fitted on val (Platt
+            scaling, :func:`recalibrated`): they keep temperature 1.
 
     Returns:
         the points by ``--model`` name, the deployed export (the first) first, ``float`` next.
@@ -471,12 +493,33 @@ def choose_points(
     labels, dx_index = val.table["label"].to_numpy(), val.table["dx_index"].to_numpy()
     points = {
         names[path]: operating_point.choose(
-            z, labels, dx_index, path, meta, val.images.shape[-1], target_sensitivity, ece_bins
-        )
+            z,
+            labels,
+            dx_index,
+            path,
+            meta,
+            val.images.shape[-1],
+            target_sensitivity,
+            ece_bins,
+            temperature=1.0 if names[path] in calibrated else None,
+        )  # fmt: skip
         for path, z in logits.items()
     }
     deployed = [n for n in names.values() if n != "float"][:1]
     return {n: points[n] for n in [*deployed, *points] if n in points}
+
+
+# The quantize stage's name for each int8 file that ``melanoma-kd predict --model`` offers.
+QUANTIZE_NAMES = {"int8": "int8_pte", "int8-onnx": "int8_onnx"}
+
+
+def recalibrated(quantize: dict) -> frozenset[str]:
+    """The ``--model`` names whose file the quantize stage calibrated (its ``quantize.json``)."""
+    return frozenset(
+        name
+        for name, key in QUANTIZE_NAMES.items()
+        if quantize.get(key, {}).get("recalibration", {}).get("applied", False)
+    )
 
 
 def summary(points: dict[str, ModelOperatingPoint]) -> dict[str, dict[str, float]]:
@@ -505,7 +548,10 @@ def build(
         ConsistencyError: when the points differ from the evaluate stage's choices.
     """
     _check_reports(reports)
-    points = choose_points(val, student, exported, target_sensitivity, ece_bins, threads)
+    points = choose_points(
+        val, student, exported, target_sensitivity, ece_bins, threads,
+        calibrated=recalibrated(reports["quantize"]),
+    )  # fmt: skip
     labels = val.table["label"].to_numpy()
     pairs = int(labels.sum()) * int(len(labels) - labels.sum())
     check_against_evaluate(points, reports["evaluate"], pairs)

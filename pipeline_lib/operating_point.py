@@ -78,6 +78,7 @@ def choose(
     cache_size: int,
     target_sensitivity: float,
     ece_bins: int,
+    temperature: float | None = None,
 ) -> ModelOperatingPoint:
     """Fit the temperature and choose the threshold from one model's val logits.
 
@@ -87,6 +88,8 @@ def choose(
         dx_index: val dx indices (the calibration targets of a dx model).
         file: the model file these logits came from.
         meta: the student checkpoint's metadata (``arch``, ``task``, ``image_size``).
+        temperature: ``None`` fits it; 1.0 for a file already calibrated on val (an int8 file
+            with Platt scaling built in), whose output is then shown as it is.
     """
     # Imported here, not above: scikit-learn takes a second to import, and `melanoma-kd
     # predict` only reads the points chosen here.
@@ -95,7 +98,8 @@ def choose(
     task = meta["task"]
     labels = np.asarray(labels).astype(int)
     targets = labels if task == "binary" else np.asarray(dx_index)
-    temperature = calibration.fit_temperature(logits, targets, task)
+    if temperature is None:
+        temperature = calibration.fit_temperature(logits, targets, task)
     raw = data.melanoma_probability(logits, task)
     prob = data.melanoma_probability(logits, task, temperature)
     threshold = metrics.threshold_for_sensitivity(labels, prob, target_sensitivity)

@@ -483,7 +483,7 @@ SUMMARY_FIGURES = (
 )  # fmt: skip
 
 
-RECALIBRATION_FIGURES = ("val_ece_before", "val_ece_cross_fitted")
+RECALIBRATION_FIGURES = ("applied", "val_ece_before", "val_ece_cross_fitted")
 
 
 def summary(report: dict) -> dict:

@@ -139,6 +139,25 @@ def test_card_has_every_section_with_the_reported_figures():
     assert "No external set is listed" in card
 
 
+def test_files_calibrated_by_the_quantize_stage_are_named_in_the_card():
+    reports = _reports()
+    assert model_card.recalibrated(reports["quantize"]) == frozenset()
+    card = model_card.markdown(POINTS, reports)
+    assert "Platt" not in card and "The ECE of `int8` here is before its own temperature" in card
+    reports["quantize"] |= {
+        "int8_pte": {"recalibration": {"applied": True}},
+        "int8_onnx": {"recalibration": {"applied": False}},
+    }
+    assert model_card.recalibrated(reports["quantize"]) == frozenset({"int8"})
+    card = model_card.markdown(POINTS, reports)
+    assert "except `int8`, whose file carries Platt scaling of p(melanoma) fitted on val" in card
+    points = POINTS | {"int8-onnx": _point(file="data/quantize/student_int8.onnx")}
+    section = "\n".join(model_card._operating_points(points, frozenset({"int8", "int8-onnx"})))
+    assert "except `int8` and `int8-onnx`, whose files carry Platt" in section
+    assert "`predict` shows them as they are" in card
+    assert "before its own temperature" not in card  # POINTS has no other export
+
+
 def test_card_lists_each_external_set_with_its_report():
     card = model_card.markdown(POINTS, _reports(), {"clinic_b": "../b/labels.csv"})
     section = card[card.index("## Other clinics and cameras") :]
@@ -233,6 +252,7 @@ def test_stage_on_a_tiny_student(prepared, tmp_path, monkeypatch):
         ("student_int8_onnx", z_onnx),
     ):
         ev[name]["val_roc_auc"] = metrics.roc_auc(y, z)
+    reports["quantize"]["int8_onnx"] = {"recalibration": {"applied": True}}
     argv = ["model_card.py", "--prepared", str(root / "prepared"), "--split", str(root / "split"),
             "--student", str(root / "student"), "--exported", f"int8-onnx={root / 'int8.onnx'}",
             "--out", str(root / "op.json"), "--metrics", str(root / "metrics.json"),
@@ -246,6 +266,9 @@ def test_stage_on_a_tiny_student(prepared, tmp_path, monkeypatch):
     points = json.loads((root / "op.json").read_text())
     assert list(points) == ["int8-onnx", "float"]  # the deployed export first
     assert points["float"]["temperature"] == pytest.approx(t, rel=1e-9)
+    # the quantize stage calibrated the int8 file: its output is shown as it is
+    assert points["int8-onnx"]["temperature"] == 1.0
+    assert points["int8-onnx"]["threshold"] == points["int8-onnx"]["threshold_raw"]
     assert set(json.loads((root / "metrics.json").read_text())["float"]) == {
         "temperature",
         "threshold",

@@ -55,6 +55,18 @@ def test_over_confident_logits_get_a_temperature_above_one(model_file):
     assert op.temperature > 1 and op.val_ece < op.val_ece_raw
 
 
+def test_a_file_calibrated_on_val_keeps_its_output(model_file):
+    """An int8 file with Platt scaling built in gets temperature 1: its output is shown as is."""
+    logits, labels, dx = _val("dx")
+    op = operating_point.choose(
+        logits, labels, dx, model_file, META | {"task": "dx"}, 32, 0.95, 15, temperature=1.0
+    )
+    assert op.temperature == 1.0
+    assert (op.threshold, op.val_ece) == (op.threshold_raw, op.val_ece_raw)
+    raw = data.melanoma_probability(logits, "dx")
+    assert op.threshold == evaluation.choose_thresholds(labels, raw, 0.95).sensitivity
+
+
 def test_write_read_and_check_file(tmp_path, model_file):
     logits, labels, dx = _val("binary")
     op = operating_point.choose(logits, labels, dx, model_file, META, 32, 0.95, 15)
