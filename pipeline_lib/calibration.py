@@ -103,9 +103,8 @@ def cross_fitted_platt(logits, labels, task: str, folds: int = 5, seed: int = 0)
 
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     x = melanoma_log_odds(logits, task)[:, None]
-    return cross_val_predict(_platt_model(), x, np.asarray(labels), cv=cv, method="predict_proba")[
-        :, 1
-    ]
+    proba = cross_val_predict(_platt_model(), x, np.asarray(labels), cv=cv, method="predict_proba")
+    return proba[:, 1]
 
 
 class MelanomaPlatt(torch.nn.Module):

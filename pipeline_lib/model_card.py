@@ -441,6 +441,7 @@ def markdown(
     """
     _check_reports(reports)
     evaluate = reports["evaluate"]
+    calibrated = recalibrated(reports["quantize"])  # int8 files with Platt scaling built in
     shift, worst = _shift(evaluate)
     lines = [
         "# Model card: melanoma-kd student",
@@ -451,8 +452,8 @@ def markdown(
         *_model(points, reports),
         *_intended_use(),
         *_data(reports),
-        *_operating_points(points, recalibrated(reports["quantize"])),
-        *_test(points, evaluate, recalibrated(reports["quantize"])),
+        *_operating_points(points, calibrated),
+        *_test(points, evaluate, calibrated),
         *_subgroups(evaluate),
         *shift,
         *_limits(points, evaluate, worst),
@@ -502,7 +503,7 @@ def choose_points(
             target_sensitivity,
             ece_bins,
             temperature=1.0 if names[path] in calibrated else None,
-        )  # fmt: skip
+        )
         for path, z in logits.items()
     }
     deployed = [n for n in names.values() if n != "float"][:1]
