@@ -105,6 +105,16 @@ def test_repro_writes_every_metrics_file(project, repro):
     assert "7-way diagnosis of `student_int8`" in (project / "plots/evaluate/report.md").read_text()
     split = json.loads((project / "data/split/split_metadata.json").read_text())
     assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
+    # Platt scaling ran on both int8 files, and the model card ships what they output
+    quantize = json.loads((project / "plots/quantize/report.json").read_text())
+    points = json.loads((project / "data/model_card/operating_point.json").read_text())
+    assert quantize["int8_pte"]["recalibration"]["applied"]  # a trained student ranks right
+    for file, model in (("int8_pte", "int8"), ("int8_onnx", "int8-onnx")):
+        fit = quantize[file]["recalibration"]
+        assert fit["applied"] == (fit["slope"] > 0)
+        if fit["applied"]:
+            assert points[model]["temperature"] == 1.0
+            assert quantize[file]["val_ece"] == pytest.approx(fit["val_ece_in_sample"], abs=1e-6)
 
 
 def test_second_repro_does_nothing(project, repro):
