@@ -19,6 +19,8 @@ import yaml
 Task = Literal["binary", "dx"]
 LossName = Literal["bce", "focal", "ce"]
 Device = Literal["auto", "cpu", "cuda"]
+# bf16 autocast: auto = where the hardware computes bf16 natively (a GPU, an AVX-512 CPU).
+Precision = bool | Literal["auto"]
 TeacherRuntime = Literal["auto", "torch", "onnxruntime"]
 
 
@@ -110,7 +112,7 @@ class TrainParams:
     pos_weight: float
     focal_gamma: float
     oversample_melanoma: float
-    bf16: bool
+    bf16: Precision
     device: Device
     seed: int
     max_train_images: int
@@ -241,6 +243,7 @@ class QuantizeParams:
     qat_epochs: int
     qat_lr: float
     recalibrate: bool  # Platt scaling of p(melanoma), fitted on val, built into each int8 file
+    onnx_reduce_range: bool  # 7-bit ONNX weights: no int16 saturation on x86 CPUs without VNNI
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ then trains on its own slice of it, so N processes take the same optimisation st
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline_lib.config import Device
+from pipeline_lib.config import Device, Precision
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,32 @@ def resolve_device(device: Device) -> torch.device:
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU with bf16 support, or a CPU whose oneDNN
+    has bf16 kernels (AVX-512 or newer). Elsewhere (an AVX2-only CPU) bf16 is emulated, and a
+    bf16 autocast step is about 10x slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bf16(setting: Precision, device: torch.device) -> bool:
+    """``bf16: auto`` -> bf16 autocast where :func:`native_bf16`, float32 elsewhere.
+
+    ``true`` and ``false`` force it; every GPU run uses bf16 autocast (see
+    :func:`pipeline_lib.training.fit`).
+    """
+    if setting == "auto":
+        return device.type == "cuda" or native_bf16(device)
+    if setting is True and not native_bf16(device):
+        warnings.warn(
+            f"bf16: true on a {device.type} without native bf16 (no AVX-512 here): autocast is "
+            "emulated, about 10x slower than float32; bf16: auto picks float32 on such a machine",
+            stacklevel=2,
+        )
+    return bool(setting)
 
 
 def setup(device: Device = "auto") -> Context:

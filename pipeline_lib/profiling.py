@@ -17,7 +17,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from pipeline_lib import artifacts, augment, models, runs, training
+from pipeline_lib import artifacts, augment, distributed, models, runs, training
 from pipeline_lib.config import AugmentParams, TeacherRuntime, TrainParams, load
 
 PHASES = ("augment", "teacher_forward", "forward", "backward", "optimizer")
@@ -88,12 +88,13 @@ def main() -> None:
     model = runs.create_model(params)
     teacher = models.load_checkpoint(args.teacher)[0] if args.stage == "distill" else None
     runtime = load("kd", args.params).teacher_runtime
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.bf16):
+    bf16 = distributed.use_bf16(params.bf16, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         result = profile_steps(
             model, train.images, params, aug, args.steps, teacher=teacher, runtime=runtime
         )
     result |= {"stage": args.stage, "arch": params.arch, "batch_size": params.batch_size,
-               "threads": torch.get_num_threads(),
+               "threads": torch.get_num_threads(), "bf16": bf16,
                "teacher_runtime": runtime}  # fmt: skip
     for phase in PHASES:
         share = result[phase] / result["step"]

@@ -130,3 +130,9 @@ def test_fine_tuning_settings_are_checked(tmp_path, tree, key, value, message):
     tree["distill"][key] = value
     with pytest.raises(config.ParamsError, match=message):
         config.load("distill", _write(tmp_path, tree))
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_bf16_takes_auto_or_a_boolean(tmp_path, tree, value):
+    tree["distill"]["bf16"] = value
+    assert config.load("distill", _write(tmp_path, tree)).bf16 == value

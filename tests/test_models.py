@@ -75,6 +75,18 @@ def test_local_pretrained_weights_load_and_skip_head(tmp_path):
     assert torch.equal(target.backbone.state_dict()[stem], source.backbone.state_dict()[stem])
 
 
+def test_a_pipeline_checkpoint_as_pretrained_starts_the_model_as_that_checkpoint(tmp_path):
+    """A teacher member's model.pt can initialise a student of its architecture, head too."""
+    torch.manual_seed(0)
+    member = models.create("test_resnet", task="dx").eval()
+    path = tmp_path / "member" / "model.pt"
+    models.save_checkpoint(path, member, {"arch": "test_resnet", "task": "dx", **META})
+    torch.manual_seed(1)  # another draw: only the loaded weights can make the two agree
+    student = models.create("test_resnet", task="dx", pretrained=str(path)).eval()
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(student(x), member(x))
+
+
 def test_pretrained_weights_of_another_architecture_name_both(tmp_path):
     path = tmp_path / "w.pt"
     models.save_checkpoint(

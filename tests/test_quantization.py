@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import REPO
@@ -150,6 +151,31 @@ def test_onnx_int8_runs_int8_kernels_in_onnx_runtime(exported):
     assert {"INT8", "UINT8"} <= set(report["file"]["initializer_dtypes"])
 
 
+def test_onnx_int8_weights_have_7_bits_and_run_as_the_file_says_on_this_cpu(exported, prepared):
+    """ORT's int8 kernels give what the QDQ graph means, on CPUs with and without VNNI.
+
+    The reference is the same file run without graph optimisation: each DequantizeLinear then
+    feeds a float convolution, so nothing saturates. With full 8-bit weights an AVX2 CPU's
+    ``vpmaddubsw`` saturates and the optimised run drifts from it.
+    """
+    path = exported[0]["int8_onnx"]
+    weights = [
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(path).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) > 1
+    ]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64  # 7 bits
+    x = quantization.calibration_inputs(prepared.images, SIZE, 64, seed=1)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+    fused = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = fused.get_inputs()[0].name
+    want, got = (s.run(None, {name: x})[0] for s in (reference, fused))
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))
+
+
 def test_onnx_int8_output_bias_correction_removes_the_mean_error(exported, prepared, tmp_path):
     paths, reports = exported
     calibration = quantization.calibration_inputs(prepared.images, SIZE, 48, seed=0)
@@ -158,7 +184,7 @@ def test_onnx_int8_output_bias_correction_removes_the_mean_error(exported, prepa
     quant_pre_process(str(paths["fp32_onnx"]), str(tmp_path / "pre.onnx"))
     quantize_static(
         str(tmp_path / "pre.onnx"), str(raw), quantization._Calibration(calibration, "images", 32),
-        quant_format=QuantFormat.QDQ, per_channel=True,
+        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
     run = {k: runtime.Predictor.load(p).run for k, p in

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +291,54 @@ def test_frozen_warm_up_trains_only_the_head_first(prepared):
     torch.testing.assert_close(stem1, stem0, rtol=0, atol=0)  # frozen for the first epoch
     assert not torch.equal(head1, head0)  # while the head learned
     assert not torch.equal(stem2, stem1)  # and then the backbone trains too
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_auto_trains_in_bf16_only_where_the_hardware_is_native(prepared, monkeypatch, native):
+    """``bf16: auto`` is ``bf16: true`` on a native-bf16 machine and ``false`` elsewhere."""
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: native)
+    table, labels = prepared.table, prepared.table["label"].to_numpy()
+    results, dtypes = {}, {}
+    for setting in ("auto", native):
+        seen = []
+        torch.manual_seed(0)
+        model = models.create("dsnet_tiny")
+        model.backbone.features[0][0].register_forward_hook(
+            lambda module, inputs, output, seen=seen: seen.append(output.dtype)
+        )
+        results[setting] = training.fit(
+            model, training.Supervised("binary", "bce", 2.0), prepared.images,
+            runs.targets(table), prepared.images, labels, _params(epochs=1, bf16=setting), AUG,
+            progress=False,
+        )  # fmt: skip
+        dtypes[setting] = seen[0]  # the first training forward
+    assert dtypes["auto"] == dtypes[native] == (torch.bfloat16 if native else torch.float32)
+    np.testing.assert_array_equal(results["auto"].val_logits, results[native].val_logits)
+
+
+def test_use_bf16_settings_and_the_warning_for_emulated_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: False)
+    assert training.distributed.use_bf16("auto", cpu) is False
+    assert training.distributed.use_bf16(False, cpu) is False
+    with pytest.warns(UserWarning, match="bf16: true on a cpu without native bf16"):
+        assert training.distributed.use_bf16(True, cpu) is True
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: True)
+    assert training.distributed.use_bf16("auto", cpu) is True
+
+
+def test_native_bf16_agrees_with_the_cpu_flags():
+    """oneDNN has bf16 kernels on AVX-512 CPUs (avx512_bf16 among them), none on AVX2-only ones."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = set(
+        next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+        .split(":", 1)[1]
+        .split()
+    )
+    native = training.distributed.native_bf16(torch.device("cpu"))
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert native
+    if not any(flag.startswith("avx512") for flag in flags):
+        assert not native
