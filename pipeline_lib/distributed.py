@@ -48,7 +48,7 @@ def resolve_device(device: Device) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a GPU with bf16 support, or a CPU whose oneDNN
     has bf16 kernels (AVX-512 or newer). Elsewhere (an AVX2-only CPU) bf16 is emulated, and a
-    bf16 autocast step is about 10x slower than float32."""
+    bf16 autocast step is about 12x slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -65,7 +65,7 @@ def use_bf16(setting: Precision, device: torch.device) -> bool:
     if setting is True and not native_bf16(device):
         warnings.warn(
             f"bf16: true on a {device.type} without native bf16 (no AVX-512 here): autocast is "
-            "emulated, about 10x slower than float32; bf16: auto picks float32 on such a machine",
+            "emulated, about 12x slower than float32; bf16: auto picks float32 on such a machine",
             stacklevel=2,
         )
     return bool(setting)

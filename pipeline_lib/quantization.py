@@ -200,7 +200,7 @@ def write_onnx_int8(
 ) -> list[float]:
     """Static int8 QDQ ONNX: per-channel int8 weights, uint8 activations, output bias corrected.
 
-    ``reduce_range`` keeps the weights in 7 bits (-64..63). On x86 CPUs without VNNI (AVX2,
+    ``reduce_range`` keeps the weights in 7 bits (|w| <= 64). On x86 CPUs without VNNI (AVX2,
     early AVX-512) ONNX Runtime multiplies uint8 by int8 with ``vpmaddubsw``, whose 16-bit sums
     saturate with full 8-bit weights: the file then computes something else on those CPUs than on
     VNNI and ARM ones (a small student's int8 logits correlated 0.54 with its float logits on an
