@@ -45,27 +45,27 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a GPU with bf16 support, or a CPU whose oneDNN
-    has bf16 kernels (AVX-512 or newer). Elsewhere (an AVX2-only CPU) bf16 is emulated, and a
-    bf16 autocast step is about 12x slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: its oneDNN has bf16 kernels (AVX-512 or newer).
+    Elsewhere (an AVX2-only CPU) bf16 is emulated, and a bf16 autocast step is about 12x slower
+    than float32."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def use_bf16(setting: Precision, device: torch.device) -> bool:
-    """``bf16: auto`` -> bf16 autocast where :func:`native_bf16`, float32 elsewhere.
+    """Whether training on ``device`` runs under bf16 autocast.
 
-    ``true`` and ``false`` force it; every GPU run uses bf16 autocast (see
-    :func:`pipeline_lib.training.fit`).
+    Every GPU run does. On a CPU, ``auto`` -> where :func:`native_bf16`; ``true`` and ``false``
+    force it (``true`` warns where bf16 is emulated).
     """
+    if device.type == "cuda":
+        return True
     if setting == "auto":
-        return device.type == "cuda" or native_bf16(device)
-    if setting is True and not native_bf16(device):
+        return native_bf16()
+    if setting is True and not native_bf16():
         warnings.warn(
-            f"bf16: true on a {device.type} without native bf16 (no AVX-512 here): autocast is "
-            "emulated, about 12x slower than float32; bf16: auto picks float32 on such a machine",
+            "bf16: true on a CPU without native bf16 (no AVX-512 here): autocast is emulated, "
+            "about 12x slower than float32; bf16: auto picks float32 on such a machine",
             stacklevel=2,
         )
     return bool(setting)

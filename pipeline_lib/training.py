@@ -290,8 +290,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` with AdamW, warm-up + cosine, clipping and early stopping on val ROC-AUC.
 
-    Runs on ``params.device`` (bf16 autocast on CUDA; on a CPU as ``params.bf16`` says,
-    ``auto`` = where it is native: :func:`pipeline_lib.distributed.use_bf16`) and, under ``torchrun``, in
+    Runs on ``params.device`` under bf16 autocast where :func:`pipeline_lib.distributed.use_bf16`
+    says (every GPU; a CPU as ``params.bf16`` says, ``auto`` = where it is native) and, under ``torchrun``, in
     DistributedDataParallel: every rank augments the same global batch of ``params.batch_size``
     and trains on its slice (:mod:`pipeline_lib.distributed`). ``params.mixup_alpha`` /
     ``cutmix_alpha`` mix that global batch after augmentation (a distillation teacher sees the
@@ -331,8 +331,7 @@ def fit(
             for backbone in is_backbone
         ],
     )
-    on_gpu = ctx.device.type == "cuda"
-    mixed = distributed.use_bf16(params.bf16, ctx.device) or on_gpu
+    mixed = distributed.use_bf16(params.bf16, ctx.device)
     if progress and main:
         print(f"precision: {'bf16 autocast' if mixed else 'float32'} on {ctx.device}")
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=mixed)

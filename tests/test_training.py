@@ -296,7 +296,7 @@ def test_frozen_warm_up_trains_only_the_head_first(prepared):
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_auto_trains_in_bf16_only_where_the_hardware_is_native(prepared, monkeypatch, native):
     """``bf16: auto`` is ``bf16: true`` on a native-bf16 machine and ``false`` elsewhere."""
-    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: native)
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda: native)
     table, labels = prepared.table, prepared.table["label"].to_numpy()
     results, dtypes = {}, {}
     for setting in ("auto", native):
@@ -318,13 +318,14 @@ def test_bf16_auto_trains_in_bf16_only_where_the_hardware_is_native(prepared, mo
 
 def test_use_bf16_settings_and_the_warning_for_emulated_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: False)
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda: False)
     assert training.distributed.use_bf16("auto", cpu) is False
     assert training.distributed.use_bf16(False, cpu) is False
-    with pytest.warns(UserWarning, match="bf16: true on a cpu without native bf16"):
+    with pytest.warns(UserWarning, match="bf16: true on a CPU without native bf16"):
         assert training.distributed.use_bf16(True, cpu) is True
-    monkeypatch.setattr(training.distributed, "native_bf16", lambda device: True)
+    monkeypatch.setattr(training.distributed, "native_bf16", lambda: True)
     assert training.distributed.use_bf16("auto", cpu) is True
+    assert training.distributed.use_bf16(False, torch.device("cuda")) is True  # every GPU run
 
 
 def test_native_bf16_agrees_with_the_cpu_flags():
@@ -337,7 +338,7 @@ def test_native_bf16_agrees_with_the_cpu_flags():
         .split(":", 1)[1]
         .split()
     )
-    native = training.distributed.native_bf16(torch.device("cpu"))
+    native = training.distributed.native_bf16()
     if "avx512_bf16" in flags or "amx_bf16" in flags:
         assert native
     if not any(flag.startswith("avx512") for flag in flags):
