@@ -53,3 +53,23 @@ def test_stage_metrics_are_named_after_the_stage(name):
     for entry in DVC["stages"][name].get("metrics", []):
         path = next(iter(entry)) if isinstance(entry, dict) else entry
         assert path in (f"metrics/{name}.json", "data/split/split_metadata.json")
+
+
+def _pretrained_files() -> list[tuple[str, str]]:
+    """(stage, file) for every ``pretrained:`` in params.yaml that names a file."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings = [("distill", params["distill"]["pretrained"])]
+    for member, overrides in params["teachers"].items():
+        value = overrides.get("pretrained", params["train_teacher"]["pretrained"])
+        settings.append(("train_teacher", value))
+    return [(s, v) for s, v in settings if isinstance(v, str) and v not in ("imagenet", "false")]
+
+
+def test_a_pretrained_file_in_params_is_a_dependency_of_its_stage():
+    # A stage started from a file (e.g. a teacher member's checkpoint) must re-run when that
+    # file changes: the file, or a folder above it, is among the stage's deps.
+    for stage, path in _pretrained_files():
+        deps = _definition(stage)["deps"]
+        assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), (
+            f"stage {stage} starts from {path}: list it (or its folder) in its deps in dvc.yaml"
+        )
