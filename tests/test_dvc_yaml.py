@@ -59,7 +59,7 @@ def _pretrained_files() -> list[tuple[str, str]]:
     """(stage, file) for every ``pretrained:`` in params.yaml that names a file."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     settings = [("distill", params["distill"]["pretrained"])]
-    for member, overrides in params["teachers"].items():
+    for overrides in params["teachers"].values():
         value = overrides.get("pretrained", params["train_teacher"]["pretrained"])
         settings.append(("train_teacher", value))
     return [(s, v) for s, v in settings if isinstance(v, str) and v not in ("imagenet", "false")]
