@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -26,6 +27,48 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline_lib import data, inference, metrics, models, plotting, runtime
 from pipeline_lib.config import BenchmarkParams
+
+
+def cpu_from_cpuinfo(text: str) -> dict:
+    """The CPU's model name and the int8/bf16-relevant ISA flags from ``/proc/cpuinfo`` text."""
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {
+        "cpu": name,
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "amx": "amx_tile" in flags,
+    }
+
+
+def machine() -> dict:
+    """What the latencies were measured on: the CPU, its vector ISA as PyTorch dispatches it
+    (``torch.backends.cpu.get_cpu_capability``), whether it has VNNI (x86 int8 dot products) and
+    native bf16, the logical CPUs this process may use, and the torch version."""
+    cpuinfo = Path("/proc/cpuinfo")
+    info = cpu_from_cpuinfo(cpuinfo.read_text()) if cpuinfo.is_file() else {}
+    return {
+        "cpu": info.get("cpu") or platform.processor() or platform.machine(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        **{k: v for k, v in info.items() if k != "cpu"},
+        "logical_cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def machine_label(m: dict) -> str:
+    """One line for a figure: ``AMD EPYC, AVX2, no VNNI, 2 CPUs``."""
+    vnni = {True: "VNNI", False: "no VNNI"}.get(m.get("vnni"), "")
+    parts = [m.get("cpu", ""), m.get("capability", ""), vnni, f"{m.get('logical_cpus')} CPUs"]
+    return ", ".join(p for p in parts if p)
 
 
 def macs(model: nn.Module, image_size: int) -> int:
@@ -223,8 +266,11 @@ def summary(report: dict, models: list[str]) -> dict:
     return {"models": out}
 
 
-def plot_auc_vs_cost(results: dict[str, dict], threads: str, path: str | Path) -> None:
-    """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG."""
+def plot_auc_vs_cost(
+    results: dict[str, dict], threads: str, path: str | Path, where: str = "this CPU"
+) -> None:
+    """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG;
+    ``where`` names the machine in the title (:func:`machine_label`)."""
     # plotting's pyplot, which it has switched to the Agg backend (renders without a display)
     fig, axes = plotting.plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     markers = "osD^vP*Xh<>"
@@ -242,5 +288,5 @@ def plot_auc_vs_cost(results: dict[str, dict], threads: str, path: str | Path) -
     axes[0].set_ylabel("val ROC-AUC (raw)")
     # Students cluster within a few percent of each other: a legend stays readable, labels do not.
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.suptitle("Teacher and students: accuracy against cost on this CPU")
+    fig.suptitle(f"Teacher and students: accuracy against cost on {where}")
     plotting.save(fig, path)

@@ -135,6 +135,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     distill, quantize, bench = r["distill"], r["quantize"], r["benchmark"]["models"]
+    where = r["benchmark"].get("machine", {}).get("label", "2-core CPU")
     op = points["float"]
     qat = quantize.get("qat", {}).get("used")
     pte_method = "quantization-aware training" if qat else "post-training static quantization"
@@ -176,7 +177,7 @@ def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     header = ["`--model`", "runtime", "file", "size (MB)", "latency 1 thread (ms)"]
     lines += _table([*header, "latency 2 threads (ms)", "peak RAM of the process (MB)"], rows)
     lines += [
-        "Batch-1 median latency on the benchmark machine (2-core CPU, "
+        f"Batch-1 median latency on the benchmark machine ({where}, "
         "`plots/benchmark/report.json`). "
         "Peak RAM counts the Python runtime and its libraries, not only the model.",
         "",

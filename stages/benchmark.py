@@ -50,7 +50,10 @@ def main() -> None:
         results[name] = {"runtime": runtime, "precision": precision} | row
         print(f"benchmark: {name} done")
 
+    where = benchmarking.machine()
+    where["label"] = benchmarking.machine_label(where)
     report = {
+        "machine": where,
         "threads": params.threads,
         "throughput_batch": params.throughput_batch,
         "models": results,
@@ -59,7 +62,9 @@ def main() -> None:
     artifacts.write_json(args.report, report)
     artifacts.write_json(args.metrics, benchmarking.summary(report, SUMMARY))
     one_thread = str(min(params.threads))
-    benchmarking.plot_auc_vs_cost(results, one_thread, Path(args.plots) / "auc_vs_latency.png")
+    plot = Path(args.plots) / "auc_vs_latency.png"
+    benchmarking.plot_auc_vs_cost(results, one_thread, plot, where["label"])
+    print(f"benchmark: on {where['label']}")
     for name, r in results.items():
         lat = "  ".join(f"{t}t {v['median']:6.2f} ms" for t, v in r["latency_ms"].items())
         print(

@@ -87,5 +87,37 @@ def test_ratios_divide_the_reference_by_each_model():
 def test_plot_writes_a_png(tmp_path):
     row = {"latency_ms": {"1": {"median": 3.0}}, "size_mb": 2.0, "val_roc_auc": 0.8}
     path = tmp_path / "plots" / "auc_vs_latency.png"
-    benchmarking.plot_auc_vs_cost({"a": row, "b": row | {"size_mb": 5.0}}, "1", path)
+    benchmarking.plot_auc_vs_cost({"a": row, "b": row | {"size_mb": 5.0}}, "1", path, "AMD EPYC")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 amx_tile
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx2
+"""
+
+
+def test_cpuinfo_gives_the_cpu_and_its_int8_and_bf16_flags():
+    assert benchmarking.cpu_from_cpuinfo(CPUINFO) == {
+        "cpu": "Intel(R) Xeon(R) Platinum 8480+",
+        "avx512": True,
+        "avx512_bf16": True,
+        "vnni": True,
+        "amx": True,
+    }  # the first processor's lines
+    avx2 = benchmarking.cpu_from_cpuinfo("model name : AMD EPYC\nflags : fpu avx2 fma\n")
+    assert avx2 == {"cpu": "AMD EPYC", "avx512": False, "avx512_bf16": False, "vnni": False,
+                    "amx": False}  # fmt: skip
+    assert benchmarking.cpu_from_cpuinfo("flags : avx2 avx_vnni\n")["vnni"]  # AVX-VNNI (no 512)
+
+
+def test_machine_names_what_the_latencies_were_measured_on():
+    m = benchmarking.machine()
+    assert m["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["torch"] == torch.__version__ and m["logical_cpus"] >= 1 and m["cpu"]
+    label = benchmarking.machine_label(m | {"cpu": "AMD EPYC", "capability": "AVX2", "vnni": False})
+    assert label == f"AMD EPYC, AVX2, no VNNI, {m['logical_cpus']} CPUs"

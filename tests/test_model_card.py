@@ -107,7 +107,7 @@ def _reports() -> dict:
         "benchmark": {"models": {
             "student_executorch_int8": {"size_mb": 1.787, "latency_ms": latency, "peak_ram_mb": 1049},
             "student_pytorch": {"size_mb": 6.2, "latency_ms": latency, "peak_ram_mb": 838},
-        }, "teacher_over_student": {}},
+        }, "teacher_over_student": {}, "machine": {"label": "AMD EPYC, AVX2, no VNNI, 2 CPUs"}},
     }  # fmt: skip
 
 
@@ -137,6 +137,7 @@ def test_card_has_every_section_with_the_reported_figures():
     reports["distill"]["color_constancy"] = 6
     assert "shades-of-gray colour constancy, p = 6" in model_card.markdown(POINTS, reports)
     assert "No external set is listed" in card
+    assert "on the benchmark machine (AMD EPYC, AVX2, no VNNI, 2 CPUs, " in card
 
 
 def test_files_calibrated_by_the_quantize_stage_are_named_in_the_card():

@@ -103,6 +103,8 @@ def test_repro_writes_every_metrics_file(project, repro):
     report = json.loads((project / "plots/evaluate/report.json").read_text())
     assert {"teacher", "student", "student_int8"} <= set(report["diagnosis"])  # dx models
     assert "7-way diagnosis of `student_int8`" in (project / "plots/evaluate/report.md").read_text()
+    bench = json.loads((project / "plots/benchmark/report.json").read_text())
+    assert bench["machine"]["capability"] and bench["machine"]["label"]  # where it was measured
     split = json.loads((project / "data/split/split_metadata.json").read_text())
     assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
     # Platt scaling ran on both int8 files, and the model card ships what they output
