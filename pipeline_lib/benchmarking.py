@@ -25,12 +25,12 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline_lib import data, inference, metrics, models, plotting, runtime
+from pipeline_lib import data, distributed, inference, metrics, models, plotting, runtime
 from pipeline_lib.config import BenchmarkParams
 
 
 def cpu_from_cpuinfo(text: str) -> dict:
-    """The CPU's model name and the int8/bf16-relevant ISA flags from ``/proc/cpuinfo`` text."""
+    """The CPU's model name and its x86 int8 flags (VNNI, AMX) from ``/proc/cpuinfo`` text."""
     name, flags = "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -40,8 +40,6 @@ def cpu_from_cpuinfo(text: str) -> dict:
             flags = set(value.split())
     return {
         "cpu": name,
-        "avx512": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
         "amx": "amx_tile" in flags,
     }
@@ -49,14 +47,16 @@ def cpu_from_cpuinfo(text: str) -> dict:
 
 def machine() -> dict:
     """What the latencies were measured on: the CPU, its vector ISA as PyTorch dispatches it
-    (``torch.backends.cpu.get_cpu_capability``), whether it has VNNI (x86 int8 dot products) and
-    native bf16, the logical CPUs this process may use, and the torch version."""
+    (``torch.backends.cpu.get_cpu_capability``), VNNI and AMX (x86 int8 dot products), whether
+    ``bf16: auto`` trains in bf16 here (:func:`distributed.native_bf16`), the logical CPUs this
+    process may use, and the torch version."""
     cpuinfo = Path("/proc/cpuinfo")
     info = cpu_from_cpuinfo(cpuinfo.read_text()) if cpuinfo.is_file() else {}
     return {
-        "cpu": info.get("cpu") or platform.processor() or platform.machine(),
+        "cpu": info.pop("cpu", "") or platform.processor() or platform.machine(),
         "capability": torch.backends.cpu.get_cpu_capability(),
-        **{k: v for k, v in info.items() if k != "cpu"},
+        **info,
+        "native_bf16": distributed.native_bf16(),
         "logical_cpus": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

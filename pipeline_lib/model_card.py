@@ -135,7 +135,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     distill, quantize, bench = r["distill"], r["quantize"], r["benchmark"]["models"]
-    where = r["benchmark"].get("machine", {}).get("label", "2-core CPU")
+    machine = r["benchmark"].get("machine", {}).get("label")  # absent from older reports
     op = points["float"]
     qat = quantize.get("qat", {}).get("used")
     pte_method = "quantization-aware training" if qat else "post-training static quantization"
@@ -177,8 +177,9 @@ def _model(points: dict[str, ModelOperatingPoint], r: dict) -> list[str]:
     header = ["`--model`", "runtime", "file", "size (MB)", "latency 1 thread (ms)"]
     lines += _table([*header, "latency 2 threads (ms)", "peak RAM of the process (MB)"], rows)
     lines += [
-        f"Batch-1 median latency on the benchmark machine ({where}, "
-        "`plots/benchmark/report.json`). "
+        "Batch-1 median latency on the benchmark machine ("
+        + (f"{machine}, " if machine else "")
+        + "`plots/benchmark/report.json`). "
         "Peak RAM counts the Python runtime and its libraries, not only the model.",
         "",
     ]

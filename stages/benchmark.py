@@ -50,10 +50,10 @@ def main() -> None:
         results[name] = {"runtime": runtime, "precision": precision} | row
         print(f"benchmark: {name} done")
 
-    where = benchmarking.machine()
-    where["label"] = benchmarking.machine_label(where)
+    machine = benchmarking.machine()
+    machine["label"] = benchmarking.machine_label(machine)
     report = {
-        "machine": where,
+        "machine": machine,
         "threads": params.threads,
         "throughput_batch": params.throughput_batch,
         "models": results,
@@ -63,8 +63,8 @@ def main() -> None:
     artifacts.write_json(args.metrics, benchmarking.summary(report, SUMMARY))
     one_thread = str(min(params.threads))
     plot = Path(args.plots) / "auc_vs_latency.png"
-    benchmarking.plot_auc_vs_cost(results, one_thread, plot, where["label"])
-    print(f"benchmark: on {where['label']}")
+    benchmarking.plot_auc_vs_cost(results, one_thread, plot, machine["label"])
+    print(f"benchmark: on {machine['label']}")
     for name, r in results.items():
         lat = "  ".join(f"{t}t {v['median']:6.2f} ms" for t, v in r["latency_ms"].items())
         print(
