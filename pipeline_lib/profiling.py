@@ -32,11 +32,14 @@ def profile_steps(
     warmup: int = 2,
     teacher: nn.Module | None = None,
     runtime: TeacherRuntime = "torch",
+    compile: bool = False,
 ) -> dict[str, float]:
     """Mean seconds per training step in each phase, after ``warmup`` untimed steps.
 
     The step is the training loop's (:func:`pipeline_lib.training.fit`): channels_last, its AdamW;
     the loss is a stand-in (mean logit) since the loss itself costs nothing next to the model.
+    ``compile`` runs the model through ``torch.compile`` (inductor), to measure what it would buy
+    the loop; the warm-up steps then include the compilation (``compile_seconds``).
     """
     device = torch.device("cpu")
     g = torch.Generator().manual_seed(params.seed)
@@ -46,8 +49,12 @@ def profile_steps(
         teacher = training.frozen_runner(teacher.eval().requires_grad_(False), runtime, device)
     # The loop's optimizer (timm's AdamW: no weight decay on norms and biases).
     optimizer = create_optimizer_v2(model, "adamw", lr=params.lr, weight_decay=params.weight_decay)
+    forward = torch.compile(model) if compile else model
     totals = dict.fromkeys(PHASES, 0.0)
+    began = time.perf_counter()
     for step in range(warmup + steps):
+        if step == warmup:
+            warmup_seconds = time.perf_counter() - began
         idx = torch.randint(len(cache), (params.batch_size,), generator=g)
         t = [time.perf_counter()]
         x = augment.augment(cache[idx], params.image_size, aug, g)
@@ -56,7 +63,7 @@ def profile_steps(
             with torch.no_grad():
                 teacher(x)
         t.append(time.perf_counter() if teacher is not None else t[-1])
-        loss = model(x).float().mean()
+        loss = forward(x).float().mean()
         t.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -69,6 +76,8 @@ def profile_steps(
     out = {phase: s / steps for phase, s in totals.items()}
     out["step"] = sum(out.values())
     out["images_per_second"] = params.batch_size / out["step"]
+    if compile:
+        out["compile_seconds"] = warmup_seconds
     return out
 
 
@@ -80,6 +89,7 @@ def main() -> None:
     parser.add_argument("--split", default="data/split")
     parser.add_argument("--teacher", default="data/teacher/model.pt")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="the model under torch.compile")
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args()
     params, aug = load(args.stage, args.params), load("augment", args.params)
@@ -91,11 +101,12 @@ def main() -> None:
     bf16 = distributed.use_bf16(params.bf16, torch.device("cpu"))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         result = profile_steps(
-            model, train.images, params, aug, args.steps, teacher=teacher, runtime=runtime
-        )
+            model, train.images, params, aug, args.steps, teacher=teacher, runtime=runtime,
+            compile=args.compile,
+        )  # fmt: skip
     result |= {"stage": args.stage, "arch": params.arch, "batch_size": params.batch_size,
                "threads": torch.get_num_threads(), "bf16": bf16,
-               "teacher_runtime": runtime}  # fmt: skip
+               "teacher_runtime": runtime, "compiled": args.compile}  # fmt: skip
     for phase in PHASES:
         share = result[phase] / result["step"]
         print(f"{phase:>16}: {result[phase] * 1000:8.1f} ms/step  {share:6.1%}")

@@ -5,6 +5,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (`make test`: -n auto) each worker gets its share of the CPUs, so the
+# workers' OpenMP pools (and the stage processes they start, which inherit the variable) do
+# not oversubscribe the cores. Set before anything imports torch.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import make_dataset  # noqa: E402
@@ -42,3 +48,10 @@ def prepared(synthetic_root):
     raw = data.load_raw(synthetic_root)
     images = data.decode_all(raw.table["path"].tolist(), 32, progress=False)
     return data.Prepared(images, raw.table[data.PREPARED_COLUMNS])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first: with --dist loadfile the longest file starts at once and
+    the others fill the remaining workers, instead of the end-to-end file starting last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept

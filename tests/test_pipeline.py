@@ -15,6 +15,8 @@ import yaml
 from conftest import REPO
 from synthetic import make_dataset, write_set
 
+pytestmark = pytest.mark.slow  # a few minutes: every stage as a process, several experiments
+
 BIN = Path(sys.executable).parent
 TINY = {
     "prepare": {"image_size": 32},
