@@ -25,7 +25,16 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline_lib import data, distributed, inference, metrics, models, plotting, runtime
+from pipeline_lib import (
+    data,
+    distributed,
+    inference,
+    metrics,
+    models,
+    plotting,
+    quantization,
+    runtime,
+)
 from pipeline_lib.config import BenchmarkParams
 
 
@@ -230,6 +239,53 @@ def benchmark_file(
     return row | peak_ram(path, size)
 
 
+def benchmark_architecture(
+    spec: dict, params: BenchmarkParams, workdir: str | Path, seed: int = 0
+) -> dict:
+    """Cost of a model this run did not train, measured here from its architecture alone.
+
+    The model is built with random weights (``spec``: ``arch``, ``task``, ``image_size``,
+    ``runtime`` and ``precision`` as a benchmark row gives them) and, for an int8 ExecuTorch
+    program, quantized post-training on random images and lowered to XNNPACK as the quantize
+    stage does. Latency, throughput, size and RAM do not depend on the weights' values (no
+    kernel here skips zeros), so they are the trained model's on this CPU; val ROC-AUC is not
+    measured (the caller carries the trained run's over).
+
+    Args:
+        workdir: where the rebuilt file is written (the caller removes it).
+
+    Raises:
+        ValueError: for a runtime and precision other than PyTorch eager fp32 or ExecuTorch int8.
+    """
+    kind = (spec["runtime"], spec["precision"])
+    if kind not in (("pytorch_eager", "fp32"), ("executorch_xnnpack", "int8")):
+        raise ValueError(f"cannot rebuild a {kind} model; expected PyTorch fp32 or ExecuTorch int8")
+    torch.manual_seed(seed)
+    size = int(spec["image_size"])
+    model = models.create(spec["arch"], spec["task"]).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.random((params.throughput_batch, 3, size, size), dtype=np.float32)
+    row = {
+        "runtime": spec["runtime"], "precision": spec["precision"], "arch": spec["arch"],
+        "task": spec["task"], "image_size": size,
+        "params": models.count_parameters(model), "macs": macs(model, size),
+    }  # fmt: skip
+    if kind[0] == "pytorch_eager":
+        path = Path(workdir) / "reference.pt"
+        meta = {"arch": spec["arch"], "task": spec["task"], "global_pool": "avg",
+                "drop_rate": 0.0, "image_size": size}  # fmt: skip
+        models.save_checkpoint(path, model, meta)
+    else:
+        path = Path(workdir) / "reference_int8.pte"
+        calibration = rng.random((32, 3, size, size), dtype=np.float32)
+        graph = quantization.ptq_int8(model, calibration)
+        quantization.write_pte(quantization.export(graph, size), path)
+    predictor = runtime.Predictor.load(path)
+    row["size_mb"] = runtime.size_mb(path)
+    row |= measure(predictor, x[:1], x, params)
+    return row | peak_ram(path, size)
+
+
 def ratios(results: dict[str, dict], reference: str) -> dict[str, dict[str, float]]:
     """``reference``'s cost divided by each other model's: how many times smaller or faster."""
     ref = results[reference]
@@ -267,10 +323,17 @@ def summary(report: dict, models: list[str]) -> dict:
 
 
 def plot_auc_vs_cost(
-    results: dict[str, dict], threads: str, path: str | Path, where: str = "this CPU"
+    results: dict[str, dict],
+    threads: str,
+    path: str | Path,
+    where: str = "this CPU",
+    notes: dict[str, str] | None = None,
 ) -> None:
     """Val ROC-AUC against batch-1 latency (at ``threads``) and against file size, as PNG;
-    ``where`` names the machine in the title (:func:`machine_label`)."""
+    ``where`` names the machine in the title (:func:`machine_label`). A model in ``notes``
+    (a model of another run: the from-scratch reference) is drawn hollow, its note in the
+    legend."""
+    notes = notes or {}
     # plotting's pyplot, which it has switched to the Agg backend (renders without a display)
     fig, axes = plotting.plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     markers = "osD^vP*Xh<>"
@@ -280,7 +343,13 @@ def plot_auc_vs_cost(
     ):
         for i, (name, r) in enumerate(results.items()):
             x = r["latency_ms"][threads]["median"] if key == "latency" else r["size_mb"]
-            ax.scatter(x, r["val_roc_auc"], s=50, marker=markers[i % len(markers)], label=name)
+            colour = f"C{i % 10}"
+            hollow = {"facecolors": "none", "edgecolors": colour, "linewidths": 1.5}
+            ax.scatter(
+                x, r["val_roc_auc"], s=50, marker=markers[i % len(markers)],
+                label=f"{name} ({notes[name]})" if name in notes else name,
+                **(hollow if name in notes else {"color": colour}),
+            )  # fmt: skip
         ax.set(xscale="log", xlabel=label)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())

@@ -3,7 +3,9 @@
 ``python -m pipeline_lib.headline`` prints the markdown table; ``--write README.md`` replaces
 the block between :data:`START` and :data:`END` in that file (atomically). Rows: the teacher,
 the float student, the int8 student as ExecuTorch ``.pte`` and as ONNX (when quantize wrote
-one) and the best baseline by val ROC-AUC.
+one), the best baseline by val ROC-AUC and, when the benchmark stage timed them, the
+from-scratch reference's teacher and int8 student (:mod:`pipeline_lib.reference`): accuracy
+from the reference run's commit, size and latency from this run's benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib import artifacts
+from pipeline_lib import artifacts, reference
 
 REPO = Path(__file__).resolve().parents[1]
 START = "<!-- headline:start -->"
@@ -67,7 +69,10 @@ LABELS = {
     "student_int8": "student, int8 `.pte` (ExecuTorch, XNNPACK)",
     "student_int8_onnx": "student, int8 `.onnx` (ONNX Runtime)",
     "baseline": "best baseline by val: `{name}`",
+    "reference_teacher": "from-scratch reference `{commit}`: teacher `{arch}` (PyTorch)",
+    "reference_student_int8": "from-scratch reference `{commit}`: student `{arch}`, int8 `.pte`",
 }
+
 HEADER = (
     "| model | val ROC-AUC | test ROC-AUC [95% CI] | test ECE | size (MB) "
     "| latency, batch 1, 1 thread (ms) |\n|---|---|---|---|---|---|"
@@ -150,6 +155,31 @@ def best_baseline(m: Metrics) -> tuple[str, float]:
     return best, scores[best]
 
 
+def reference_rows(m: Metrics, path: str | Path) -> list[list[str]]:
+    """The reference's rows, when ``benchmark.json`` has its models (else none): accuracy
+    from the reference file at ``path``, size and latency as this run's benchmark measured."""
+    if not all(
+        m.has("benchmark.json", ("models", name)) for name in reference.BENCHMARK_NAMES.values()
+    ):
+        return []
+    try:
+        snapshot = reference.load(path)
+    except reference.ReferenceError as err:
+        raise HeadlineError(str(err)) from err
+    out = []
+    for key, bench_name in reference.BENCHMARK_NAMES.items():
+        model = snapshot["models"][key]
+        label = LABELS[f"reference_{key}"].format(commit=snapshot["commit"][:7], arch=model["arch"])
+        t = model["test"]
+        out.append(
+            [label, f"{model['val_roc_auc']:.3f}"]
+            + [f"{t['roc_auc']:.3f} [{t['roc_auc_low']:.3f}, {t['roc_auc_high']:.3f}]"]
+            + [f"{t['ece']:.3f}"]
+            + _benchmark_cells(m, ("benchmark.json", ("models", bench_name)))
+        )
+    return out
+
+
 def rows(m: Metrics) -> list[list[str]]:
     """The table's rows as cells (label first), in order."""
     out = []
@@ -172,16 +202,27 @@ def rows(m: Metrics) -> list[list[str]]:
     return out
 
 
-def table(metrics_dir: str | Path = REPO / "metrics") -> str:
+def table(
+    metrics_dir: str | Path = REPO / "metrics", reference_path: str | Path = reference.DEFAULT_PATH
+) -> str:
     """The headline block: the markdown table and a one-line caption."""
     m = Metrics(metrics_dir)
     n_test, n_mel, boot = (int(m.number(*SPLIT[k])) for k in SPLIT)
-    lines = [HEADER] + ["| " + " | ".join(cells) + " |" for cells in rows(m)]
+    own = rows(m)
+    extra = reference_rows(m, reference_path)
+    lines = [HEADER] + ["| " + " | ".join(cells) + " |" for cells in own + extra]
     lines.append("")
-    lines.append(
+    caption = (
         f"Test split: {n_test:,} images, {n_mel:,} melanomas; 95% CIs from {boot:,} bootstrap "
         "resamples of lesions. Latency: median of the `benchmark` stage on the machine that ran it."
     )
+    if extra:
+        caption += (
+            " The from-scratch reference's accuracy is that of its own committed run (same "
+            "split); its size and latency are of the same architectures rebuilt and timed by "
+            "this run's `benchmark` stage."
+        )
+    lines.append(caption)
     return "\n".join(lines)
 
 
@@ -214,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, default=REPO / "metrics", help="metrics folder")
     parser.add_argument("--write", type=Path, metavar="README.md", help="replace its block")
+    parser.add_argument(
+        "--reference", type=Path, default=reference.DEFAULT_PATH, help="the reference's figures"
+    )
     args = parser.parse_args(argv)
     try:
-        block = table(args.metrics)
+        block = table(args.metrics, args.reference)
         if args.write:
             write(args.write, block)
         else:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_lib import data, formatting, operating_point, runtime
+from pipeline_lib import data, formatting, operating_point, reference, runtime
 from pipeline_lib.operating_point import ModelOperatingPoint
 
 # The evaluate stage's name for each model that ``melanoma-kd predict --model`` offers
@@ -309,6 +309,40 @@ def _test(
     return lines + [""]
 
 
+def _reference(evaluate: dict, benchmark: dict) -> list[str]:
+    """This run's teacher and int8 student beside the from-scratch reference's, when the
+    benchmark stage timed the reference (its report has ``reference``)."""
+    snapshot = benchmark.get("reference")
+    if not snapshot:
+        return []
+    bench, commit = benchmark["models"], snapshot["commit"][:7]
+    pairs = [  # (label, val ROC-AUC, test figures, benchmark row)
+        ("teacher (this run)", evaluate["teacher"].get("val_roc_auc"), evaluate["teacher"],
+         bench["teacher_pytorch"]),
+        ("`int8` student (this run)", evaluate["student_int8"].get("val_roc_auc"),
+         evaluate["student_int8"], bench["student_executorch_int8"]),
+    ]  # fmt: skip
+    for key, name in reference.BENCHMARK_NAMES.items():
+        model = snapshot["models"][key]
+        label = f"reference {'teacher' if key == 'teacher' else 'int8 student'} `{model['arch']}`"
+        pairs.append((label, model["val_roc_auc"], model["test"], bench[name]))
+    rows = [
+        [label, _f(val), _ci(test, "roc_auc"), _f(test.get("ece")), _f(b["size_mb"], ".2f"),
+         _f(b["latency_ms"]["1"]["median"], ".2f")]
+        for label, val, test, b in pairs
+    ]  # fmt: skip
+    header = ["model", "val ROC-AUC", "test ROC-AUC", "test ECE", "size (MB)"]
+    return [
+        "## Against the from-scratch reference",
+        "",
+        f"The reference is {snapshot['description']} (commit `{commit}`, the same split). Its "
+        "accuracy is that of its own run; its size and latency are of the same architectures "
+        "rebuilt and timed on this run's benchmark machine.",
+        "",
+        *_table([*header, "latency 1 thread (ms)"], rows),
+    ]
+
+
 def _subgroups(evaluate: dict) -> list[str]:
     groups = evaluate["subgroups"]
     model = next(
@@ -456,6 +490,7 @@ def markdown(
         *_data(reports),
         *_operating_points(points, calibrated),
         *_test(points, evaluate, calibrated),
+        *_reference(evaluate, reports["benchmark"]),
         *_subgroups(evaluate),
         *shift,
         *_limits(points, evaluate, worst),

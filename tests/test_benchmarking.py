@@ -69,6 +69,36 @@ def test_benchmark_checkpoint_and_exported_file(checkpoint, prepared, tmp_path):
     assert exported["libraries_ram_mb"] < row["libraries_ram_mb"]
 
 
+@pytest.mark.parametrize(
+    ("runtime_name", "precision", "task", "suffix"),
+    [("executorch_xnnpack", "int8", "binary", ".pte"), ("pytorch_eager", "fp32", "dx", ".pt")],
+)
+def test_benchmark_architecture_rebuilds_and_times_an_untrained_model(
+    runtime_name, precision, task, suffix, tmp_path
+):
+    spec = {"runtime": runtime_name, "precision": precision, "arch": "dsnet_tiny", "task": task,
+            "image_size": SIZE, "val_roc_auc": 0.9}  # fmt: skip
+    row = benchmarking.benchmark_architecture(spec, PARAMS, tmp_path)
+    rebuilt = next(tmp_path.glob(f"*{suffix}"))
+    assert row["size_mb"] == runtime.size_mb(rebuilt)
+    predictor = runtime.Predictor.load(rebuilt)
+    assert (predictor.task, predictor.image_size) == (task, SIZE)
+    assert row["params"] == models.count_parameters(models.create("dsnet_tiny", task))
+    assert row["macs"] == benchmarking.macs(models.create("dsnet_tiny", task), SIZE)
+    assert {k: row[k] for k in ("runtime", "precision", "arch", "task", "image_size")} == {
+        k: spec[k] for k in ("runtime", "precision", "arch", "task", "image_size")
+    }
+    assert set(row["latency_ms"]) == {"1", "2"} and row["peak_ram_mb"] > 0
+    assert "val_roc_auc" not in row  # untrained: its accuracy is the caller's to carry over
+
+
+def test_benchmark_architecture_refuses_a_format_it_cannot_rebuild(tmp_path):
+    spec = {"runtime": "onnxruntime_cpu", "precision": "int8", "arch": "dsnet_tiny",
+            "task": "binary", "image_size": SIZE}  # fmt: skip
+    with pytest.raises(ValueError, match="cannot rebuild a .*onnxruntime_cpu"):
+        benchmarking.benchmark_architecture(spec, PARAMS, tmp_path)
+
+
 def test_ratios_divide_the_reference_by_each_model():
     def row(ms, params, macs, size):
         return {
@@ -87,7 +117,8 @@ def test_ratios_divide_the_reference_by_each_model():
 def test_plot_writes_a_png(tmp_path):
     row = {"latency_ms": {"1": {"median": 3.0}}, "size_mb": 2.0, "val_roc_auc": 0.8}
     path = tmp_path / "plots" / "auc_vs_latency.png"
-    benchmarking.plot_auc_vs_cost({"a": row, "b": row | {"size_mb": 5.0}}, "1", path, "AMD EPYC")
+    results = {"a": row, "b": row | {"size_mb": 5.0}, "ref": row | {"val_roc_auc": 0.7}}
+    benchmarking.plot_auc_vs_cost(results, "1", path, "AMD EPYC", {"ref": "from scratch, abc1234"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -100,6 +100,43 @@ def test_missing_file_and_key_are_named(tmp_path):
         headline.table(metrics)
 
 
+def _reference_file(path: Path) -> Path:
+    def model(arch: str, val: float, auc: float) -> dict:
+        test = {"roc_auc": auc, "roc_auc_low": auc - 0.0284, "roc_auc_high": auc + 0.0246,
+                "ece": 0.02368, "pr_auc": 0.4, "brier": 0.07}  # fmt: skip
+        return {"runtime": "r", "precision": "p", "arch": arch, "task": "dx", "image_size": 128,
+                "params": 1, "size_mb": 99.0, "val_roc_auc": val, "test": test}  # fmt: skip
+
+    path.write_text(json.dumps({
+        "commit": "56ac890461f0803bc278b63ac6df9d260de4e234",
+        "models": {"teacher": model("resnet18", 0.88804, 0.88395),
+                   "student_int8": model("mobilenetv3_small_100", 0.87308, 0.88252)},
+    }))  # fmt: skip
+    return path
+
+
+def test_reference_rows_when_the_benchmark_timed_the_reference(tmp_path):
+    metrics = write_metrics(tmp_path / "metrics")
+    reference_file = _reference_file(tmp_path / "reference.json")
+    # The benchmark did not time the reference: no rows, and the file is not read.
+    assert headline.table(metrics, tmp_path / "absent.json") == EXPECTED
+    bench = json.loads((metrics / "benchmark.json").read_text())
+    bench["models"]["reference_teacher_pytorch"] = _bench(44.796871, 57.17)
+    bench["models"]["reference_executorch_int8"] = _bench(1.690116, 2.0724)
+    (metrics / "benchmark.json").write_text(json.dumps(bench))
+    lines = headline.table(metrics, reference_file).splitlines()
+    assert lines[2:7] == EXPECTED.splitlines()[2:7]  # the run's own rows come first, unchanged
+    assert lines[7:9] == [
+        "| from-scratch reference `56ac890`: teacher `resnet18` (PyTorch) | 0.888 "
+        "| 0.884 [0.856, 0.909] | 0.024 | 44.8 | 57.2 |",
+        "| from-scratch reference `56ac890`: student `mobilenetv3_small_100`, int8 `.pte` "
+        "| 0.873 | 0.883 [0.854, 0.907] | 0.024 | 1.69 | 2.07 |",
+    ]
+    assert "its size and latency are of the same architectures rebuilt" in lines[-1]
+    with pytest.raises(headline.HeadlineError, match="absent.json not found"):
+        headline.table(metrics, tmp_path / "absent.json")
+
+
 def test_write_replaces_only_the_marker_block(tmp_path, capsys):
     metrics = write_metrics(tmp_path / "metrics")
     readme = tmp_path / "README.md"

@@ -29,7 +29,7 @@ def _benchmark_stage():
 
 SUMMARIES = {
     "evaluate": lambda r: evaluation.summary(r, EXPORTED),
-    "benchmark": lambda r: benchmarking.summary(r, _benchmark_stage().SUMMARY),
+    "benchmark": lambda r: benchmarking.summary(r, _benchmark_stage().summary_models(r)),
     "quantize": quantization.summary,
     "baselines": baselines.summary,
 }

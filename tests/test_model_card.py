@@ -288,3 +288,38 @@ def test_stage_on_a_tiny_student(prepared, tmp_path, monkeypatch):
     (root / "evaluate.json").write_text(json.dumps(reports["evaluate"]))
     with pytest.raises(model_card.ConsistencyError, match="float temperature"):
         _stage().main()
+
+
+def test_card_compares_with_the_reference_when_the_benchmark_timed_it():
+    reports = _reports()
+    assert "## Against the from-scratch reference" not in model_card.markdown(POINTS, reports)
+    latency = {"1": {"median": 57.17}, "2": {"median": 30.0}}
+    test = {"roc_auc": 0.884, "roc_auc_low": 0.857, "roc_auc_high": 0.910, "ece": 0.0237}
+    snapshot = {
+        "commit": "56ac890461f0803bc278b63ac6df9d260de4e234",
+        "description": "the pipeline with two from-scratch networks",
+        "models": {
+            "teacher": {"arch": "resnet18", "val_roc_auc": 0.888, "test": test},
+            "student_int8": {"arch": "mobilenetv3_small_100", "val_roc_auc": 0.873,
+                             "test": test | {"roc_auc": 0.883}},
+        },
+    }  # fmt: skip
+    bench = reports["benchmark"]
+    bench["reference"] = snapshot
+    bench["models"] |= {
+        "teacher_pytorch": {"size_mb": 58.6, "latency_ms": latency},
+        "reference_teacher_pytorch": {"size_mb": 44.8, "latency_ms": latency},
+        "reference_executorch_int8": {"size_mb": 1.69, "latency_ms": {"1": {"median": 2.07}}},
+    }
+    reports["evaluate"]["teacher"] = _model(0.902, 0.025) | {"val_roc_auc": 0.903}
+    reports["evaluate"]["student_int8"] |= {"val_roc_auc": 0.891}
+    card = model_card.markdown(POINTS, reports)
+    assert "## Against the from-scratch reference" in card
+    assert "the pipeline with two from-scratch networks (commit `56ac890`, the same split)" in card
+    assert "| teacher (this run) | 0.903 |" in card
+    assert "| `int8` student (this run) | 0.891 |" in card
+    assert (
+        "| reference int8 student `mobilenetv3_small_100` | 0.873 | 0.883 [0.857, 0.910] "
+        "| 0.024 | 1.69 | 2.07 |" in card
+    )
+    assert "| reference teacher `resnet18` | 0.888 | 0.884 [0.857, 0.910] | 0.024 | 44.80 |" in card

@@ -52,6 +52,32 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def _write_reference(path: Path) -> None:
+    """A from-scratch reference of tiny models, which the benchmark stage rebuilds and times."""
+    test = {"roc_auc": 0.8, "roc_auc_low": 0.7, "roc_auc_high": 0.9, "pr_auc": 0.4, "ece": 0.03,
+            "brier": 0.1}  # fmt: skip
+    models = {
+        key: {
+            "runtime": runtime,
+            "precision": precision,
+            "arch": "dsnet_tiny",
+            "task": task,
+            "image_size": 32,
+            "params": 1,
+            "size_mb": 0.1,
+            "pretrained": False,
+            "val_roc_auc": 0.75,
+            "test": test,
+        }  # fmt: skip
+        for key, runtime, precision, task in (
+            ("teacher", "pytorch_eager", "fp32", "dx"),
+            ("student_int8", "executorch_xnnpack", "int8", "binary"),
+        )
+    }
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"commit": "0" * 40, "description": "tiny", "models": models}))
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
@@ -69,6 +95,7 @@ def project(tmp_path_factory) -> Path:
         elif section in params:
             params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _write_reference(root / "data/reference/from_scratch.json")
     for cmd in (
         ["git", "init", "-q"],
         ["dvc", "init", "-q"],
@@ -107,6 +134,13 @@ def test_repro_writes_every_metrics_file(project, repro):
     assert "7-way diagnosis of `student_int8`" in (project / "plots/evaluate/report.md").read_text()
     bench = json.loads((project / "plots/benchmark/report.json").read_text())
     assert bench["machine"]["capability"] and bench["machine"]["label"]  # where it was measured
+    # the from-scratch reference, rebuilt and timed here, beside the run's models
+    summary = json.loads((project / "metrics/benchmark.json").read_text())["models"]
+    for name in ("reference_teacher_pytorch", "reference_executorch_int8"):
+        assert bench["models"][name]["val_roc_auc"] == 0.75 and name in summary
+    assert bench["models"]["reference_executorch_int8"]["precision"] == "int8"
+    card = (project / "plots/model_card/model_card.md").read_text()
+    assert "| reference int8 student `dsnet_tiny` | 0.750 | 0.800 [0.700, 0.900] |" in card
     split = json.loads((project / "data/split/split_metadata.json").read_text())
     assert split["seed"] == 0 and split["train"]["images"] > split["val"]["images"] > 0
     # Platt scaling ran on both int8 files, and the model card ships what they output
