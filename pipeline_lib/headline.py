@@ -72,7 +72,6 @@ LABELS = {
     "reference_teacher": "from-scratch reference `{commit}`: teacher `{arch}` (PyTorch)",
     "reference_student_int8": "from-scratch reference `{commit}`: student `{arch}`, int8 `.pte`",
 }
-
 HEADER = (
     "| model | val ROC-AUC | test ROC-AUC [95% CI] | test ECE | size (MB) "
     "| latency, batch 1, 1 thread (ms) |\n|---|---|---|---|---|---|"
@@ -132,12 +131,15 @@ def _num(value: float) -> str:
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _format_test(auc: float, low: float, high: float, ece: float) -> list[str]:
+    return [f"{auc:.3f} [{low:.3f}, {high:.3f}]", f"{ece:.3f}"]
+
+
 def _test_cells(m: Metrics, source: Key) -> list[str]:
     name, keys = source
-    auc, low, high, ece = (
-        m.number(name, keys + TEST[k]) for k in ("roc_auc", "low", "high", "ece")
+    return _format_test(
+        *(m.number(name, keys + TEST[k]) for k in ("roc_auc", "low", "high", "ece"))
     )
-    return [f"{auc:.3f} [{low:.3f}, {high:.3f}]", f"{ece:.3f}"]
 
 
 def _benchmark_cells(m: Metrics, source: Key) -> list[str]:
@@ -170,11 +172,9 @@ def reference_rows(m: Metrics, path: str | Path) -> list[list[str]]:
     for key, bench_name in reference.BENCHMARK_NAMES.items():
         model = snapshot["models"][key]
         label = LABELS[f"reference_{key}"].format(commit=snapshot["commit"][:7], arch=model["arch"])
-        t = model["test"]
+        test = (model["test"][k] for k in ("roc_auc", "roc_auc_low", "roc_auc_high", "ece"))
         out.append(
-            [label, f"{model['val_roc_auc']:.3f}"]
-            + [f"{t['roc_auc']:.3f} [{t['roc_auc_low']:.3f}, {t['roc_auc_high']:.3f}]"]
-            + [f"{t['ece']:.3f}"]
+            [label, f"{model['val_roc_auc']:.3f}", *_format_test(*test)]
             + _benchmark_cells(m, ("benchmark.json", ("models", bench_name)))
         )
     return out
