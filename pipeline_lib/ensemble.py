@@ -3,8 +3,9 @@
 Each teacher member trains in its own ``train_teacher@<name>`` stage (so a member's change
 retrains only that member, and members can train on different machines); the ``teacher``
 stage combines them here into one checkpoint that ``calibrate`` and ``distill`` take as they
-would a single model. Members must share the task and the input size; architecture, weights
-and input normalisation may differ. Only val is read.
+would a single model. Members must share the task; architecture, weights, input normalisation
+and input size may differ (the teacher takes the largest size and resizes it for a smaller
+member as inference would). Only val is read.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from pipeline_lib import artifacts, data, models, runs
 
-# What every member must share for one input and one output to serve them all.
-SHARED_KEYS = ("task", "image_size")
+# What every member must share for one output to serve them all.
+SHARED_KEYS = ("task",)
 # What rebuilds one member inside an ensemble checkpoint (models.load_checkpoint).
 MEMBER_KEYS = ("arch", "global_pool", "drop_rate", "color_constancy", "pretrained")
 
@@ -24,10 +25,12 @@ def combine(paths: list[str | Path]) -> tuple[models.Classifier | models.Ensembl
 
     One path gives that model back unchanged; several give a :class:`models.Ensemble` whose
     metadata lists each member (``members``) and names the architectures joined by ``+``.
+    The teacher's input size is the largest member's; a member of a smaller size records its
+    own (``image_size`` in its entry) and sees the input resized to it.
 
     Raises:
         models.CheckpointError: no path, a file that is already an ensemble, or members whose
-            task or input size differ (named with both values).
+            task differs (named with both values).
     """
     if not paths:
         raise models.CheckpointError("a teacher needs at least one member checkpoint")
@@ -47,13 +50,21 @@ def combine(paths: list[str | Path]) -> tuple[models.Classifier | models.Ensembl
     if len(loaded) == 1:
         return loaded[0]
     metas = [meta for _, meta in loaded]
+    sizes = [int(m["image_size"]) for m in metas]
+    size = max(sizes)
+    specs = [{k: m.get(k, 0) for k in MEMBER_KEYS} for m in metas]
+    for spec, member_size in zip(specs, sizes, strict=True):
+        if member_size != size:
+            spec["image_size"] = member_size
     meta = {
-        **{k: first[k] for k in (*SHARED_KEYS, "global_pool", "drop_rate")},
+        "task": first["task"],
+        "image_size": size,
+        **{k: first[k] for k in ("global_pool", "drop_rate")},
         "arch": "+".join(m["arch"] for m in metas),
-        "members": [{k: m.get(k, 0) for k in MEMBER_KEYS} for m in metas],
+        "members": specs,
         "best_epoch": [m.get("best_epoch") for m in metas],
     }
-    return models.Ensemble([model for model, _ in loaded]).eval(), meta
+    return models.Ensemble([model for model, _ in loaded], sizes, size).eval(), meta
 
 
 def write_teacher(
@@ -76,8 +87,9 @@ def write_teacher(
     runs.save_model(out_dir, teacher, meta, z)
     summary = {"arch": meta["arch"], "members": len(members), **scores}
     if isinstance(teacher, models.Ensemble):
-        for name, member in zip(members, teacher.members, strict=True):
-            auc = runs.score_val(member, val, meta["image_size"], meta["task"], ece_bins)[1]
+        for name, member, spec in zip(members, teacher.members, meta["members"], strict=True):
+            size = spec.get("image_size", meta["image_size"])
+            auc = runs.score_val(member, val, size, meta["task"], ece_bins)[1]
             summary[f"{name}_val_roc_auc"] = auc["val_roc_auc"]
     summary["params"] = models.count_parameters(teacher)
     artifacts.write_json(metrics_path, summary)

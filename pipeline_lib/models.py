@@ -137,23 +137,72 @@ class Classifier(nn.Module):
         return logits[:, 0] if self.task == "binary" else logits
 
 
+def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """The ``(size_out, size_in)`` matrix of a 1-D antialiased bilinear resize.
+
+    Antialiased bilinear resizing is separable, so ``A @ x @ A.T`` resizes a square image
+    exactly as ``F.interpolate(x, mode="bilinear", antialias=True)`` (and
+    :func:`pipeline_lib.inference.resize`) do; unlike that call, two matrix products export to
+    ONNX.
+    """
+    basis = torch.eye(size_in).view(size_in, 1, 1, size_in)  # each unit vector, a 1-row image
+    rows = F.interpolate(basis, size=(1, size_out), mode="bilinear", antialias=True)
+    return rows.view(size_in, size_out).T.contiguous()
+
+
+class Resize(nn.Module):
+    """Square ``size_in`` images to ``size_out`` as inference resizes them (antialiased bilinear)."""
+
+    def __init__(self, size_in: int, size_out: int):
+        super().__init__()
+        self.size_in, self.size_out = int(size_in), int(size_out)
+        # Derived from the two sizes, so not saved in checkpoints.
+        self.register_buffer("matrix", resize_matrix(self.size_in, self.size_out), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and x.shape[-2:] != (self.size_in, self.size_in):
+            raise ValueError(
+                f"expected {self.size_in}x{self.size_in} images, got {tuple(x.shape[-2:])}"
+            )
+        return torch.matmul(torch.matmul(self.matrix, x), self.matrix.T)
+
+
 class Ensemble(nn.Module):
     """Several classifiers of one task averaged in probability; outputs logits of that average.
 
     Binary: ``logit(mean_i sigmoid(z_i))``; dx: ``log(mean_i softmax(z_i))``, whose softmax is
-    the mean of the members' probabilities. Members may differ in architecture, weights and
-    input normalisation (each normalises its own input). A teacher ensemble is a drop-in teacher.
+    the mean of the members' probabilities. Members may differ in architecture, weights,
+    input normalisation (each normalises its own input) and input size: with ``sizes`` (each
+    member's square input size) and ``input_size`` (the ensemble's), a member of another size
+    sees the input resized as inference resizes (:class:`Resize`). A teacher ensemble is a
+    drop-in teacher.
     """
 
-    def __init__(self, members: list[Classifier]):
+    def __init__(
+        self,
+        members: list[Classifier],
+        sizes: list[int] | None = None,
+        input_size: int | None = None,
+    ):
         super().__init__()
         if not members or len({m.task for m in members}) != 1:
             raise ValueError("an ensemble needs at least one member, all of one task")
+        if sizes is not None and (len(sizes) != len(members) or input_size is None):
+            raise ValueError(
+                f"sizes needs one input size per member ({len(members)}, got {len(sizes)}) "
+                "and the ensemble's input_size"
+            )
         self.members = nn.ModuleList(members)
+        self.resizes = nn.ModuleList(
+            Resize(input_size, size) if size != input_size else nn.Identity()
+            for size in (sizes if sizes is not None else [input_size] * len(members))
+        )
         self.task = members[0].task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.stack([m(x).float() for m in self.members])
+        z = torch.stack(
+            [m(resize(x)).float() for m, resize in zip(self.members, self.resizes, strict=True)]
+        )
         if self.task == "binary":  # log mean p - log mean (1 - p); the log n cancels
             return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
         return torch.logsumexp(torch.log_softmax(z, -1), 0) - math.log(len(self.members))
@@ -247,7 +296,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dic
 
     A checkpoint whose metadata has ``members`` holds an :class:`Ensemble`: ``members`` is a
     list of each member's ``arch``, ``global_pool``, ``drop_rate`` and ``color_constancy``
-    (members of different architectures), or a count ``n`` of members of ``arch``.
+    (members of different architectures), and ``image_size`` where a member's input size is
+    not the ensemble's; or a count ``n`` of members of ``arch``.
     """
     path = Path(path)
     if not path.is_file():
@@ -273,7 +323,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier | Ensemble, dic
         )  # fmt: skip
         for spec in specs
     ]
-    model = Ensemble(members) if "members" in blob else members[0]
+    size = blob["image_size"]
+    sizes = [spec.get("image_size", size) for spec in specs]
+    model = Ensemble(members, sizes, size) if "members" in blob else members[0]
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
