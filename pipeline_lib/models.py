@@ -164,7 +164,8 @@ class Resize(nn.Module):
             raise ValueError(
                 f"expected {self.size_in}x{self.size_in} images, got {tuple(x.shape[-2:])}"
             )
-        return torch.matmul(torch.matmul(self.matrix, x), self.matrix.T)
+        out = torch.matmul(torch.matmul(self.matrix, x), self.matrix.T)
+        return out.contiguous(memory_format=torch.channels_last)  # as inference.resize gives it
 
 
 class Ensemble(nn.Module):
