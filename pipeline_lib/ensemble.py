@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_lib import artifacts, data, models, runs
+import numpy as np
+from torch import nn
+
+from pipeline_lib import artifacts, data, inference, metrics, models, runs
 
 # What every member must share for one output to serve them all.
 SHARED_KEYS = ("task",)
@@ -67,6 +70,27 @@ def combine(paths: list[str | Path]) -> tuple[models.Classifier | models.Ensembl
     return models.Ensemble([model for model, _ in loaded], sizes, size).eval(), meta
 
 
+def saved_val_logits(
+    folder: str | Path, model: nn.Module, val: data.Prepared, image_size: int
+) -> np.ndarray:
+    """The ``val_logits.npy`` a member's run saved in ``folder``, checked against ``model``.
+
+    Raises:
+        ValueError: the file's rows are not the val split's, or its logits are not ``model``'s
+            on the first 16 val images (a stale file); the file is named.
+    """
+    path = Path(folder) / "val_logits.npy"
+    z = np.load(path)
+    if len(z) != len(val.images):
+        raise ValueError(f"{path} has {len(z)} rows but the val split {len(val.images)}")
+    fresh = inference.predict_logits(model, val.images[:16], image_size)
+    if not np.allclose(fresh, z[:16], rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            f"{path} does not match the model beside it: rerun the stage that wrote it"
+        )
+    return z
+
+
 def write_teacher(
     members: dict[str, str | Path],
     val: data.Prepared,
@@ -77,7 +101,9 @@ def write_teacher(
     """Combine ``members`` (name -> ``model.pt``) and write the teacher the later stages read.
 
     Writes ``out_dir/model.pt``, ``out_dir/val_logits.npy`` and the metrics: the teacher's
-    val figures, its size and each member's val ROC-AUC (``<name>_val_roc_auc``).
+    val figures, its size and each member's val ROC-AUC (``<name>_val_roc_auc``). A member's
+    figure is that of the ``val_logits.npy`` its own run saved beside its ``model.pt``, so
+    the members are not run on val a second time.
 
     Returns:
         The metrics written.
@@ -87,10 +113,14 @@ def write_teacher(
     runs.save_model(out_dir, teacher, meta, z)
     summary = {"arch": meta["arch"], "members": len(members), **scores}
     if isinstance(teacher, models.Ensemble):
-        for name, member, spec in zip(members, teacher.members, meta["members"], strict=True):
+        labels = val.table["label"].to_numpy()
+        for (name, path), member, spec in zip(
+            members.items(), teacher.members, meta["members"], strict=True
+        ):
             size = spec.get("image_size", meta["image_size"])
-            auc = runs.score_val(member, val, size, meta["task"], ece_bins)[1]
-            summary[f"{name}_val_roc_auc"] = auc["val_roc_auc"]
+            logits = saved_val_logits(Path(path).parent, member, val, size)
+            probs = data.melanoma_probability(logits, meta["task"])
+            summary[f"{name}_val_roc_auc"] = metrics.roc_auc(labels, probs)
     summary["params"] = models.count_parameters(teacher)
     artifacts.write_json(metrics_path, summary)
     return summary

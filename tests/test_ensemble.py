@@ -178,6 +178,14 @@ def test_members_trained_apart_make_the_teacher_stage_output(tmp_path, prepared)
         single = json.loads((tmp_path / f"{name}.json").read_text())
         assert summary[f"{name}_val_roc_auc"] == pytest.approx(single["val_roc_auc"], abs=1e-4)
     assert json.loads((tmp_path / "t.json").read_text())["members"] == 2
+    # A member's figure comes from the val logits its run saved: a stale or cut file is refused.
+    saved_member = tmp_path / "resnet" / "val_logits.npy"
+    z = np.load(saved_member)
+    for bad, message in ((z[:-1], "rows but the val split"), (z + 1.0, "does not match")):
+        np.save(saved_member, bad)
+        with pytest.raises(ValueError, match=message) as err:
+            ensemble.write_teacher(members, val, tmp_path / "t2", tmp_path / "t2.json", 15)
+        assert str(saved_member) in str(err.value)
 
 
 def _save(path, task="binary", image_size=32, n=1):
