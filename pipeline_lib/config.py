@@ -244,6 +244,7 @@ class QuantizeParams:
     qat_lr: float
     recalibrate: bool  # Platt scaling of p(melanoma), fitted on val, built into each int8 file
     onnx_reduce_range: bool  # 7-bit ONNX weights: no int16 saturation on x86 CPUs without VNNI
+    fuse_relu6: bool  # int8 .pte: a conv's output quantized after its ReLU6, not before
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import nn
 from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import (
+    QuantizationAnnotation,
+    QuantizationConfig,
+    get_bias_qspec,
+    get_input_act_qspec,
+    get_output_act_qspec,
+    get_weight_qspec,
+)
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from pipeline_lib import artifacts, calibration, data, inference, metrics, models, runtime, training
 from pipeline_lib.config import AugmentParams, QuantizeParams, TrainParams
@@ -81,19 +91,91 @@ def export(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
     return torch.export.export(model, (_example(image_size),), dynamic_shapes=({0: batch},))
 
 
-def _quantizer(qat: bool = False) -> XNNPACKQuantizer:
+_CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+_CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)  # ReLU6
+
+
+def _annotated(node: torch.fx.Node) -> bool:
+    annotation = node.meta.get(Q_ANNOTATION_KEY)
+    return annotation is not None and annotation._annotated
+
+
+def annotate_conv_relu6(
+    graph: torch.fx.GraphModule,
+    config: QuantizationConfig,
+    keep: Callable[[torch.fx.Node], bool] | None = None,
+) -> int:
+    """Annotate every conv -> ReLU6 pair so that the output is quantized after the clamp.
+
+    ``XNNPACKQuantizer`` fuses a conv with a following ReLU but not with ReLU6 (``hardtanh``,
+    the activation of EfficientNet-Lite and MobileNetV2): it quantizes the conv's output before
+    the clamp and lets the clamp share that range. The int8 grid then spans the pre-activation
+    range and the clamped [0, 6] gets a fraction of its 256 steps: on the Lite0 student the stem's
+    output had a step of 0.54, 11 steps for [0, 6] (docs/quantization.md). Annotated here the
+    way the ReLU pattern is (inputs and weights on the conv, the output on the clamp), the
+    clamp's own range is observed; XNNPACK fuses the clamp into the int8 convolution.
+    Convs after batch norm (QAT graphs, before folding) are not matched and keep the default.
+
+    Returns:
+        the number of pairs annotated.
+    """
+    count = 0
+    for clamp in graph.graph.nodes:
+        if clamp.op != "call_function" or clamp.target not in _CLAMPS:
+            continue
+        conv = clamp.args[0]
+        if not isinstance(conv, torch.fx.Node) or conv.target not in _CONVS or len(conv.users) > 1:
+            continue
+        bias = (
+            conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], torch.fx.Node) else None
+        )
+        partition = [clamp, conv, conv.args[1]] + ([bias] if bias is not None else [])
+        if any(_annotated(n) for n in partition) or (keep and not all(keep(n) for n in partition)):
+            continue
+        inputs = {conv.args[0]: get_input_act_qspec(config), conv.args[1]: get_weight_qspec(config)}
+        if bias is not None:
+            inputs[bias] = get_bias_qspec(config)
+        conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map=inputs, _annotated=True
+        )
+        clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            output_qspec=get_output_act_qspec(config), _annotated=True
+        )
+        for node in partition[2:]:
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+        count += 1
+    return count
+
+
+class _Relu6Quantizer(XNNPACKQuantizer):
+    """``XNNPACKQuantizer`` that also fuses conv with ReLU6 (:func:`annotate_conv_relu6`)."""
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        annotate_conv_relu6(model, self.global_config, self.filter_fn)
+        return super().annotate(model)
+
+
+def _quantizer(qat: bool = False, fuse_relu6: bool = False) -> XNNPACKQuantizer:
+    """Per-channel symmetric int8 for every conv and linear; ``fuse_relu6``: :func:`annotate_conv_relu6`."""
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return XNNPACKQuantizer().set_global(config)
+    return (_Relu6Quantizer() if fuse_relu6 else XNNPACKQuantizer()).set_global(config)
 
 
 @torch.no_grad()
-def ptq_int8(model: nn.Module, calibration: np.ndarray, batch_size: int = 32) -> nn.Module:
+def ptq_int8(
+    model: nn.Module,
+    calibration: np.ndarray,
+    batch_size: int = 32,
+    fuse_relu6: bool = False,
+) -> nn.Module:
     """PT2E post-training static int8 (per-channel symmetric weights) calibrated on ``calibration``.
 
+    ``fuse_relu6`` quantizes each conv's output after its ReLU6 (:func:`annotate_conv_relu6`).
     Returns the converted graph (quantize/dequantize around every conv and linear), ready for
     :func:`export` and :func:`write_pte`.
     """
-    prepared = prepare_pt2e(export(model, calibration.shape[-1]).module(), _quantizer())
+    quantizer = _quantizer(fuse_relu6=fuse_relu6)
+    prepared = prepare_pt2e(export(model, calibration.shape[-1]).module(), quantizer)
     for i in range(0, len(calibration), batch_size):
         prepared(torch.from_numpy(calibration[i : i + batch_size]))
     return convert_pt2e(prepared)
@@ -425,7 +507,7 @@ def qat_int8(
     graph = torch.export.export(
         copy.deepcopy(model).train(), (_example(recipe.image_size),), dynamic_shapes=({0: batch},)
     ).module()
-    prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    prepared = prepare_qat_pt2e(graph, _quantizer(qat=True, fuse_relu6=params.fuse_relu6))
     allow_exported_model_train_eval(prepared)  # fit() switches train/eval on it
     objective = training.Supervised(recipe.task, recipe.loss, recipe.pos_weight, recipe.focal_gamma)
     result = training.fit(
@@ -562,7 +644,7 @@ def quantize_student(
     ops["fp32_pte"] = write_pte(export(model, size), paths["fp32_pte"])
     seconds["fp32_pte"] = time.perf_counter() - began
     began = time.perf_counter()
-    int8_graph = ptq_int8(model, calibration_set)
+    int8_graph = ptq_int8(model, calibration_set, fuse_relu6=params.fuse_relu6)
     ops["int8_pte"] = write_pte(export(int8_graph, size), paths["int8_pte"])
     seconds["int8_pte"] = time.perf_counter() - began
     began = time.perf_counter()

@@ -327,3 +327,70 @@ def test_colour_constant_student_exports_with_its_normalisation(student, prepare
         run = runtime.Predictor.load(tmp_path / name).run
         np.testing.assert_allclose(run(x), ref, atol=1e-4)
         np.testing.assert_allclose(run(tinted), ref, atol=1e-4)  # blind to the tint
+
+
+class _ConvRelu6(torch.nn.Module):
+    """A conv into ReLU6 whose pre-activations span about 100 while ReLU6 keeps [0, 6].
+
+    Two channels sit far outside [0, 6] (biases -50 and +50); the others pass small
+    activations through the clamp. The weights stay small, so rounding the input and the
+    weights costs little and the output's grid is what differs.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.mul_(4.0)
+            self.conv.bias.copy_(torch.tensor([-50.0, 50.0] + [3.0] * 6))
+        self.act = torch.nn.ReLU6()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class _SpatialMean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3))
+
+
+def _output_scales(graph: torch.fx.GraphModule) -> list[float]:
+    """Scales of the activation quantize ops after the model's input one, in graph order."""
+    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    scales = [n.args[1] for n in graph.graph.nodes if n.target == quantize]
+    return [float(s) for s in scales[1:]]
+
+
+def test_fused_relu6_quantizes_the_clamped_range_and_lowers_to_int8(prepared, tmp_path):
+    """Without the fusion the int8 grid spans the conv's pre-activation range, not ReLU6's."""
+    model = _ConvRelu6().eval()
+    calibration = quantization.calibration_inputs(prepared.images, SIZE, 48, seed=0)
+    held_out = torch.from_numpy(quantization.calibration_inputs(prepared.images, SIZE, 64, seed=1))
+    with torch.no_grad():
+        pre = model.conv(torch.from_numpy(calibration))
+        expected = model(held_out)
+    pre_range, post_range = float(pre.max() - pre.min()), float(pre.clamp(0, 6).max())
+    assert pre_range > 10 * post_range  # the premise: the clamp keeps a small part of the range
+
+    fused = quantization.ptq_int8(model, calibration, fuse_relu6=True)
+    plain = quantization.ptq_int8(model, calibration, fuse_relu6=False)
+    assert max(_output_scales(fused)) <= post_range / 255 * 1.01
+    assert min(_output_scales(plain)) > pre_range / 255 / 2  # a histogram may trim the tails
+    active = (expected > 0) & (expected < 6)  # where the clamp passes values through
+    errors = {}
+    with torch.no_grad():
+        for name, graph in (("fused", fused), ("plain", plain)):
+            errors[name] = float((graph(held_out) - expected)[active].abs().mean())
+    assert errors["fused"] < errors["plain"] / 3
+
+    # Lowered to XNNPACK (with a float mean after it, so the file gives one logit per image):
+    # the clamp fuses into the int8 convolution and the file computes what the graph says.
+    graph = torch.nn.Sequential(fused, _SpatialMean())
+    report = quantization.write_pte(quantization.export(graph, SIZE), tmp_path / "relu6.pte")
+    assert report["conv_linear_int8_delegated"] == 1 and report["conv_linear_float_delegated"] == 0
+    assert "aten.hardtanh.default" not in report["ops_outside_delegates"]
+    with torch.no_grad():
+        reference = graph(held_out).numpy()
+    run = runtime.Predictor.load(tmp_path / "relu6.pte").run
+    np.testing.assert_allclose(run(held_out.numpy()), reference, atol=max(_output_scales(fused)))
