@@ -389,7 +389,7 @@ def test_fused_relu6_quantizes_the_clamped_range_and_lowers_to_int8(prepared, tm
     graph = torch.nn.Sequential(fused, _SpatialMean())
     report = quantization.write_pte(quantization.export(graph, SIZE), tmp_path / "relu6.pte")
     assert report["conv_linear_int8_delegated"] == 1 and report["conv_linear_float_delegated"] == 0
-    assert "aten.hardtanh.default" not in report["ops_outside_delegates"]
+    assert not any("hardtanh" in op for op in report["ops_outside_delegates"])  # aten_hardtanh_...
     with torch.no_grad():
         reference = graph(held_out).numpy()
     run = runtime.Predictor.load(tmp_path / "relu6.pte").run
