@@ -62,6 +62,9 @@ def _start(pretrained: str) -> str:
         return "from scratch (no pretrained weights)"
     if pretrained == "imagenet":
         return "from ImageNet weights"
+    path = Path(pretrained)
+    if path.name == "model.pt" and path.parent.parent.name == "train_teacher":
+        return f"from the checkpoint of the teacher member `{path.parent.name}` (`{pretrained}`)"
     return f"from the weights file {pretrained}"
 
 

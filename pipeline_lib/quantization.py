@@ -31,6 +31,10 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
 )
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import (
+    _is_annotated,  # the helpers the quantizer's own conv + ReLU annotator uses
+    _mark_nodes_as_annotated,
+)
 from executorch.devtools.backend_debug import get_delegation_info
 from executorch.exir import to_edge_transform_and_lower
 from executorch.exir.lowered_backend_module import get_lowered_backend_modules
@@ -95,16 +99,11 @@ _CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 _CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)  # ReLU6
 
 
-def _annotated(node: torch.fx.Node) -> bool:
-    annotation = node.meta.get(Q_ANNOTATION_KEY)
-    return annotation is not None and annotation._annotated
-
-
 def annotate_conv_relu6(
     graph: torch.fx.GraphModule,
     config: QuantizationConfig,
     keep: Callable[[torch.fx.Node], bool] | None = None,
-) -> int:
+) -> None:
     """Annotate every conv -> ReLU6 pair so that the output is quantized after the clamp.
 
     ``XNNPACKQuantizer`` fuses a conv with a following ReLU but not with ReLU6 (``hardtanh``,
@@ -115,11 +114,7 @@ def annotate_conv_relu6(
     way the ReLU pattern is (inputs and weights on the conv, the output on the clamp), the
     clamp's own range is observed; XNNPACK fuses the clamp into the int8 convolution.
     Convs after batch norm (QAT graphs, before folding) are not matched and keep the default.
-
-    Returns:
-        the number of pairs annotated.
     """
-    count = 0
     for clamp in graph.graph.nodes:
         if clamp.op != "call_function" or clamp.target not in _CLAMPS:
             continue
@@ -130,21 +125,16 @@ def annotate_conv_relu6(
             conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], torch.fx.Node) else None
         )
         partition = [clamp, conv, conv.args[1]] + ([bias] if bias is not None else [])
-        if any(_annotated(n) for n in partition) or (keep and not all(keep(n) for n in partition)):
+        if _is_annotated(partition) or (keep and not all(keep(n) for n in partition)):
             continue
         inputs = {conv.args[0]: get_input_act_qspec(config), conv.args[1]: get_weight_qspec(config)}
         if bias is not None:
             inputs[bias] = get_bias_qspec(config)
-        conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
-            input_qspec_map=inputs, _annotated=True
-        )
+        conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs)
         clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
-            output_qspec=get_output_act_qspec(config), _annotated=True
+            output_qspec=get_output_act_qspec(config)
         )
-        for node in partition[2:]:
-            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
-        count += 1
-    return count
+        _mark_nodes_as_annotated(partition)
 
 
 class _Relu6Quantizer(XNNPACKQuantizer):
@@ -156,7 +146,10 @@ class _Relu6Quantizer(XNNPACKQuantizer):
 
 
 def _quantizer(qat: bool = False, fuse_relu6: bool = False) -> XNNPACKQuantizer:
-    """Per-channel symmetric int8 for every conv and linear; ``fuse_relu6``: :func:`annotate_conv_relu6`."""
+    """Per-channel symmetric int8 for every conv and linear.
+
+    ``fuse_relu6`` also annotates conv -> ReLU6 pairs (:func:`annotate_conv_relu6`).
+    """
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     return (_Relu6Quantizer() if fuse_relu6 else XNNPACKQuantizer()).set_global(config)
 

@@ -136,6 +136,15 @@ def test_card_has_every_section_with_the_reported_figures():
     reports = _reports()
     reports["distill"]["color_constancy"] = 6
     assert "shades-of-gray colour constancy, p = 6" in model_card.markdown(POINTS, reports)
+    reports["distill"]["pretrained"] = "data/train_teacher/lite0/model.pt"
+    assert (
+        "from the checkpoint of the teacher member `lite0` (`data/train_teacher/lite0/model.pt`), "
+        "fine-tuned on the HAM10000 train split" in model_card.markdown(POINTS, reports)
+    )
+    reports["distill"]["pretrained"] = "weights/lite0_in1k.pt"
+    assert "from the weights file weights/lite0_in1k.pt, fine" in model_card.markdown(
+        POINTS, reports
+    )
     assert "No external set is listed" in card
     assert "on the benchmark machine (AMD EPYC, AVX2, no VNNI, 2 CPUs, `plots/" in card
     del reports["benchmark"]["machine"]  # a report written before the machine was recorded
