@@ -144,11 +144,17 @@ def resolve(arch: str, pretrained: bool | str, weights_dir: str | os.PathLike | 
 
     Raises:
         WeightsError: ``imagenet`` for an architecture with no weights anywhere here, naming
-            those that have them.
+            those that have them; a weights file that does not exist, naming the setting.
     """
     if pretrained is False or pretrained in ("", "false"):
         return False
     if pretrained is not True and pretrained != "imagenet":
+        if not Path(pretrained).is_file():
+            raise WeightsError(
+                f"pretrained: {pretrained}: no such file (expected false, imagenet or the path "
+                "of a weights file; a teacher member's checkpoint exists once its "
+                "train_teacher stage has run)"
+            )
         return str(pretrained)
     if weights_dir is not None and (Path(weights_dir) / f"{arch}.pth").is_file():
         return str(Path(weights_dir) / f"{arch}.pth")

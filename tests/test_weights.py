@@ -88,9 +88,17 @@ def test_imagenet_without_weights_fails_at_once_naming_what_has_them(converted, 
     assert "tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2" in str(err.value)
 
 
-def test_resolve_passes_false_and_paths_through(converted):
+def test_resolve_passes_false_and_existing_paths_through(converted, tmp_path):
+    own = tmp_path / "weights.pth"
+    own.write_bytes(b"")
     assert weights.resolve("resnet18", False, converted) is False
-    assert weights.resolve("resnet18", "my/weights.pth", converted) == "my/weights.pth"
+    assert weights.resolve("resnet18", str(own), converted) == str(own)
+
+
+def test_a_missing_weights_file_is_refused_naming_the_setting(converted, tmp_path):
+    missing = tmp_path / "train_teacher" / "lite0" / "model.pt"
+    with pytest.raises(weights.WeightsError, match=rf"pretrained: {missing}: no such file"):
+        weights.resolve("tf_efficientnet_lite0", str(missing), converted)
 
 
 def test_a_weights_file_that_does_not_fit_is_refused_naming_the_first_tensor(converted):
