@@ -1,5 +1,7 @@
 """ImageNet weights from the packages: conversion checked against the reference implementation."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -97,7 +99,9 @@ def test_resolve_passes_false_and_existing_paths_through(converted, tmp_path):
 
 def test_a_missing_weights_file_is_refused_naming_the_setting(converted, tmp_path):
     missing = tmp_path / "train_teacher" / "lite0" / "model.pt"
-    with pytest.raises(weights.WeightsError, match=rf"pretrained: {missing}: no such file"):
+    with pytest.raises(
+        weights.WeightsError, match=re.escape(f"pretrained: {missing}: no such file")
+    ):
         weights.resolve("tf_efficientnet_lite0", str(missing), converted)
 
 
